@@ -1,0 +1,1 @@
+"""mdd-consumer: the SenpAI market-data consumer."""

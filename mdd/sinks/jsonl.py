@@ -1,0 +1,96 @@
+"""JSONL sink: one event per line, size-based rotation.
+
+Lines are :func:`mdd.events.event_to_dict` encoded with orjson. When the file
+passes ``max_bytes`` it is renamed to ``<path>.1`` (older ones shift to ``.2``
+... ``.<backups>``, the oldest is deleted) and a new file is started. Writes go
+to the OS page cache inline (a batch of 1000 lines is ~100 us), flushed per
+batch so readers see whole lines; ``close`` also fsyncs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import orjson
+
+from ..events import event_to_dict
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..events import Event
+
+LOGGER = logging.getLogger("mdd.sinks.jsonl")
+
+
+class JsonlSink:
+    """Append events to a JSONL file with size-based rotation."""
+
+    name = "jsonl"
+    batch_interval = 0.0
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = 100 * 1024**2,
+        backups: int = 5,
+        batch_size: int = 1000,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.batch_size = batch_size
+        self.rotations = 0
+        self.lines = 0
+        self._fh: IO[bytes] | None = None
+        self._size = 0
+
+    async def open(self) -> None:
+        """Open (append) the file, creating its directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "ab")  # noqa: ASYNC230 - local file, inline by design
+        self._size = self._fh.tell()
+        LOGGER.info("sink.jsonl.open path=%s size=%d", self.path, self._size)
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Append one line per event, rotating first if the file is full."""
+        fh = self._fh
+        if fh is None:
+            raise RuntimeError("jsonl sink is not open")
+        dumps = orjson.dumps
+        data = b"".join([dumps(event_to_dict(e), option=orjson.OPT_APPEND_NEWLINE) for e in batch])
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+            fh = self._fh
+            assert fh is not None
+        fh.write(data)
+        fh.flush()
+        self._size += len(data)
+        self.lines += len(batch)
+
+    def _rotate(self) -> None:
+        assert self._fh is not None
+        self._fh.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups, 0, -1):
+                src = self.path if i == 1 else self.path.with_name(f"{self.path.name}.{i - 1}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{self.path.name}.{i}"))
+        self._fh = open(self.path, "ab")
+        self._size = 0
+        self.rotations += 1
+        LOGGER.info("sink.jsonl.rotated path=%s rotations=%d", self.path, self.rotations)
+
+    async def close(self) -> None:
+        """Flush, fsync and close."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
