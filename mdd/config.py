@@ -256,7 +256,7 @@ class Config:
 # Loading
 
 
-class _Origins:
+class ConfigOrigins:
     """Remembers which environment variable or flag set a key, for error messages."""
 
     def __init__(self, source: str) -> None:
@@ -290,7 +290,7 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(tp: Any, value: Any, key: str, origins: _Origins) -> Any:
+def _coerce(tp: Any, value: Any, key: str, origins: ConfigOrigins) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in the field's type."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
@@ -331,15 +331,15 @@ def _coerce(tp: Any, value: Any, key: str, origins: _Origins) -> Any:
             raise origins.error(key, f"got {value!r}, expected a string")
         return value
     if attrs.has(tp):
-        return _build(tp, value, key, origins)
+        return build_attrs(tp, value, key, origins)
     raise TypeError(f"config type {tp!r} not handled")  # pragma: no cover
 
 
-def _build(
+def build_attrs(
     cls: type[Any],
     data: Any,
     prefix: str,
-    origins: _Origins,
+    origins: ConfigOrigins,
     extra: Mapping[str, Any] | None = None,
     allowed: frozenset[str] | None = None,
 ) -> Any:
@@ -372,7 +372,7 @@ def _build(
         raise origins.error(prefix, str(exc)) from None
 
 
-def _build_provider(name: str, data: Any, origins: _Origins) -> ProviderConfig:
+def _build_provider(name: str, data: Any, origins: ConfigOrigins) -> ProviderConfig:
     key = f"providers.{name}"
     if not isinstance(data, dict):
         raise origins.error(key, f"got {data!r}, expected a table")
@@ -389,13 +389,13 @@ def _build_provider(name: str, data: Any, origins: _Origins) -> ProviderConfig:
     if "url" not in body:
         extra["url"] = DEFAULT_URLS[kind]
     return typing.cast(
-        "ProviderConfig", _build(ProviderConfig, body, key, origins, extra, allowed - {"kind"})
+        "ProviderConfig", build_attrs(ProviderConfig, body, key, origins, extra, allowed - {"kind"})
     )
 
 
-def _build_feed(index: int, data: Any, origins: _Origins) -> FeedConfig:
+def _build_feed(index: int, data: Any, origins: ConfigOrigins) -> FeedConfig:
     key = f"feeds[{index}]"
-    feed = typing.cast("FeedConfig", _build(FeedConfig, data, key, origins))
+    feed = typing.cast("FeedConfig", build_attrs(FeedConfig, data, key, origins))
     if not feed.symbols:
         raise origins.error(f"{key}.symbols", "must list at least one symbol")
     if not feed.providers:
@@ -410,13 +410,13 @@ def _build_feed(index: int, data: Any, origins: _Origins) -> FeedConfig:
     return attrs.evolve(feed, symbols=symbols)
 
 
-def build_config(data: dict[str, Any], source: str, origins: _Origins | None = None) -> Config:
+def build_config(data: dict[str, Any], source: str, origins: ConfigOrigins | None = None) -> Config:
     """Validate a parsed TOML document (with overrides applied) into a :class:`Config`.
 
     Raises:
         ConfigError: the first problem found.
     """
-    origins = origins or _Origins(source)
+    origins = origins or ConfigOrigins(source)
     known = {"daemon", "http", "bus", "failover", "providers", "feeds", "sinks"}
     for key in data:
         if key not in known:
@@ -429,7 +429,7 @@ def build_config(data: dict[str, Any], source: str, origins: _Origins | None = N
         ("failover", FailoverConfig),
     ):
         if name in data:
-            sections[name] = _build(cls, data[name], name, origins)
+            sections[name] = build_attrs(cls, data[name], name, origins)
     raw_providers = data.get("providers", {})
     if not isinstance(raw_providers, dict):
         raise origins.error("providers", "expected a table of [providers.<name>] tables")
@@ -454,7 +454,7 @@ def build_config(data: dict[str, Any], source: str, origins: _Origins | None = N
                     )
     sinks = SinksConfig()
     if "sinks" in data:
-        sinks = _build(SinksConfig, data["sinks"], "sinks", origins)
+        sinks = build_attrs(SinksConfig, data["sinks"], "sinks", origins)
         if "metrics" not in data["sinks"]:
             sinks = attrs.evolve(sinks, metrics=MetricsSinkConfig())
     config = Config(source=source, providers=providers, feeds=feeds, sinks=sinks, **sections)
@@ -479,7 +479,7 @@ def _truthy(name: str, raw: str) -> bool:
     raise ConfigError(f"environment {name}", name, f"got {raw!r}, expected true or false")
 
 
-def _set(data: dict[str, Any], path: list[str], value: Any, origins: _Origins, origin: str) -> None:
+def _set(data: dict[str, Any], path: list[str], value: Any, origins: ConfigOrigins, origin: str) -> None:
     node = data
     for part in path[:-1]:
         child = node.setdefault(part, {})
@@ -490,7 +490,7 @@ def _set(data: dict[str, Any], path: list[str], value: Any, origins: _Origins, o
     origins.by_key[".".join(path)] = origin
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str], origins: _Origins) -> None:
+def apply_env(data: dict[str, Any], env: Mapping[str, str], origins: ConfigOrigins) -> None:
     """Apply environment overrides to a parsed document, in place."""
     if "NATS_ENABLED" in env:
         on = _truthy("NATS_ENABLED", env["NATS_ENABLED"])
@@ -556,7 +556,7 @@ def load_config(
             raise ConfigError(source, "-", f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
-    origins = _Origins(source)
+    origins = ConfigOrigins(source)
     apply_env(data, os.environ if env is None else env, origins)
     for dotted, value in (overrides or {}).items():
         _set(data, dotted.split("."), value, origins, "command line")
