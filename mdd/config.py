@@ -479,7 +479,9 @@ def _truthy(name: str, raw: str) -> bool:
     raise ConfigError(f"environment {name}", name, f"got {raw!r}, expected true or false")
 
 
-def _set(data: dict[str, Any], path: list[str], value: Any, origins: ConfigOrigins, origin: str) -> None:
+def _set(
+    data: dict[str, Any], path: list[str], value: Any, origins: ConfigOrigins, origin: str
+) -> None:
     node = data
     for part in path[:-1]:
         child = node.setdefault(part, {})

@@ -90,7 +90,7 @@ class NatsServer:
         if self.jetstream:
             args += ["-js", "-sd", str(self.workdir / "js")]
         args += self.extra_args
-        log = open(self.workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.workdir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT

@@ -39,9 +39,7 @@ class Provider(Protocol):
     name: str
     health: ProviderHealth
 
-    async def run(
-        self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = ...
-    ) -> None:
+    async def run(self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = ...) -> None:
         """Stream events into ``outlet`` until cancelled.
 
         Calls ``task_status.started()`` once data flows. Returns or raises only
