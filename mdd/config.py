@@ -297,6 +297,9 @@ def _coerce(tp: Any, value: Any, key: str, origins: ConfigOrigins) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:
+            return _coerce(real[0], value, key, origins)
         for arg in args:
             if arg is type(None):
                 continue
@@ -357,6 +360,13 @@ def build_attrs(
                 dotted, f"unknown key; allowed keys here: {', '.join(sorted(names))}"
             )
         kwargs[key] = _coerce(hints[key], value, dotted, origins)
+    missing = [
+        name
+        for name, field in fields.items()
+        if field.default is attrs.NOTHING and name not in kwargs
+    ]
+    if missing:
+        raise origins.error(prefix, f"missing required key(s): {', '.join(missing)}")
     try:
         return cls(**kwargs)
     except ValueError as exc:
@@ -438,10 +448,11 @@ def build_config(data: dict[str, Any], source: str, origins: ConfigOrigins | Non
     if not isinstance(raw_feeds, list):
         raise origins.error("feeds", "expected an array of [[feeds]] tables")
     feeds = tuple(_build_feed(i, f, origins) for i, f in enumerate(raw_feeds))
-    names = [f.name for f in feeds]
+    seen: set[str] = set()
     for i, feed in enumerate(feeds):
-        if names.count(feed.name) > 1:
+        if feed.name in seen:
             raise origins.error(f"feeds[{i}].name", f"feed name {feed.name!r} is used twice")
+        seen.add(feed.name)
         for j, provider in enumerate(feed.providers):
             if provider not in providers:
                 if provider in PROVIDER_KINDS:

@@ -1,0 +1,156 @@
+"""The mdd command as users run it: subprocesses, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+MDD = [sys.executable, "-m", "mdd"]
+
+CONFIG = """
+[daemon]
+state_dir = "{state}"
+shutdown_grace = 5
+[http]
+enabled = false
+[providers.sim]
+rate = 200
+[[feeds]]
+name = "synthetic"
+symbols = ["BTCUSDT", "ETHUSDT"]
+providers = ["sim"]
+[sinks.jsonl]
+path = "out/events.jsonl"
+[sinks.metrics]
+enabled = false
+"""
+
+
+def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MDD, *args], capture_output=True, text=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not get {n} lines in {timeout}s")
+
+
+def test_daemon_subprocess_sigterm_flushes_everything(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(state=tmp_path))
+    proc = subprocess.Popen([*MDD, "--config", str(config)], stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "out" / "events.jsonl"
+    try:
+        wait_for_lines(out, 300)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    published = int(stderr.split("daemon.stopped published=")[1].split()[0])
+    assert len(rows) == published >= 300
+    assert {r["symbol"] for r in rows if r["type"] == "trade"} == {"BTCUSDT", "ETHUSDT"}
+    trade_ids = [r["trade_id"] for r in rows if r["type"] == "trade"]
+    assert len(trade_ids) == len(set(trade_ids))  # nothing written twice
+    for step in ("step=producers", "step=bus", "step=sinks", "step=done"):
+        assert step in stderr
+
+
+def read_until(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) -> str:
+    """Read the process's stderr line by line until ``text`` appears."""
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.05)
+        if ready:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+            if not line:
+                break
+    raise AssertionError(f"{text!r} not seen; got:\n{''.join(seen)}")
+
+
+def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    text = CONFIG.format(state=tmp_path).replace("shutdown_grace = 5", "shutdown_grace = 60")
+    config.write_text(text)
+    (tmp_path / "out").mkdir()
+    # The JSONL path is a directory: the sink cannot open, so the graceful drain waits.
+    env = {**os.environ, "MDD_SINKS__JSONL__PATH": str(tmp_path / "out")}
+    proc = subprocess.Popen(
+        [*MDD, "--config", str(config)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        read_until(proc, "daemon.ready")
+        proc.send_signal(signal.SIGTERM)
+        read_until(proc, "daemon.shutdown step=sinks")
+        assert proc.poll() is None  # still draining
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "daemon.forced_exit signal=SIGINT" in stderr
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(CONFIG.format(state=tmp_path))
+    result = run("check-config", str(good))
+    assert result.returncode == 0
+    assert "OK" in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bus]\ncapacity = -1\n")
+    result = run("check-config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"mdd: invalid config: {bad}: bus.capacity: got -1, must be > 0"
+    )
+
+
+def test_daemon_refuses_bad_config_before_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http]\nprot = 1\n")
+    result = run("--config", str(bad))
+    assert result.returncode == 2
+    assert "http.prot: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--bogus"], ["run"], ["run", "--provider", "sim"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_version() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "check-config" in result.stdout
+    assert run("--version").stdout.startswith("mdd ")
+    assert run("run", "--help").returncode == 0
+
+
+def test_adhoc_run_with_bad_provider_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("run", "--provider", "kraken", "--symbols", "X", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown provider 'kraken'" in result.stderr
