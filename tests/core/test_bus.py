@@ -25,7 +25,11 @@ def heartbeat(n: int) -> HeartbeatEvent:
 def balanced(lane: SinkInbox) -> bool:
     s = lane.stats()
     offered = sum(s.offered.values())
-    return offered == s.delivered + s.total_dropped + s.queued + s.overflow
+    return (
+        offered
+        == s.delivered + s.total_dropped + s.queued + s.overflow
+        == lane.delivered + (s.total_dropped + lane.queued)
+    )
 
 
 def fill(bus: Bus, n: int) -> None:
@@ -91,7 +95,8 @@ async def test_block_policy_never_drops_and_applies_backpressure() -> None:
     for i in range(10):
         bus.publish(heartbeat(i) if i % 3 == 0 else trade(i))
     assert lane.stats().total_dropped == 0
-    assert lane.queued == 4
+    assert lane.stats().queued == 4
+    assert lane.stats().overflow == 6
     assert bus.congested
     received: list[object] = []
 
