@@ -21,6 +21,7 @@ import os
 import tomllib
 import types
 import typing
+import zlib
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -145,6 +146,10 @@ class FeedConfig:
     symbols: tuple[str, ...]
     providers: tuple[str, ...]
     channels: tuple[Channel, ...] = ("trade", "quote")
+    #: ``"i/n"``: serve only the symbols whose stable hash falls in shard i of n.
+    shard: str | None = None
+    #: Every configured symbol, before sharding (set by the loader).
+    all_symbols: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -405,7 +410,8 @@ def _build_provider(name: str, data: Any, origins: ConfigOrigins) -> ProviderCon
 
 def _build_feed(index: int, data: Any, origins: ConfigOrigins) -> FeedConfig:
     key = f"feeds[{index}]"
-    feed = typing.cast("FeedConfig", build_attrs(FeedConfig, data, key, origins))
+    allowed = frozenset(f.name for f in attrs.fields(FeedConfig)) - {"all_symbols"}
+    feed = typing.cast("FeedConfig", build_attrs(FeedConfig, data, key, origins, None, allowed))
     if not feed.symbols:
         raise origins.error(f"{key}.symbols", "must list at least one symbol")
     if not feed.providers:
@@ -414,10 +420,46 @@ def _build_feed(index: int, data: Any, origins: ConfigOrigins) -> FeedConfig:
         raise origins.error(f"{key}.providers", f"lists a provider twice: {list(feed.providers)}")
     if not feed.channels:
         raise origins.error(f"{key}.channels", "must list at least one of trade, quote, book")
-    symbols = tuple(s.strip().upper().replace("/", "").replace("-", "") for s in feed.symbols)
-    if any(not s for s in symbols):
-        raise origins.error(f"{key}.symbols", "symbols must be non-empty strings")
-    return attrs.evolve(feed, symbols=symbols)
+    symbols = tuple(s.strip().upper() for s in feed.symbols)
+    for i, symbol in enumerate(symbols):
+        if not symbol or not all(c.isalnum() or c in "/-_." for c in symbol):
+            raise origins.error(
+                f"{key}.symbols[{i}]",
+                f"got {feed.symbols[i]!r}, expected a venue symbol (letters, digits, / - _ .)",
+            )
+    if len(set(symbols)) != len(symbols):
+        raise origins.error(f"{key}.symbols", f"lists a symbol twice: {list(symbols)}")
+    if feed.shard is not None:
+        index, count = parse_shard(feed.shard, f"{key}.shard", origins)
+        mine = tuple(s for s in symbols if shard_of(s, count) == index)
+        if not mine:
+            raise origins.error(
+                f"{key}.shard", f"shard {feed.shard} of {list(symbols)} holds no symbol"
+            )
+        return attrs.evolve(feed, symbols=mine, all_symbols=symbols)
+    return attrs.evolve(feed, symbols=symbols, all_symbols=symbols)
+
+
+def normalize_symbol(symbol: str) -> str:
+    """The symbol as events carry it: upper case, separators removed (``BTC/USD`` -> ``BTCUSD``)."""
+    return symbol.upper().replace("/", "").replace("-", "").replace("_", "").replace(".", "")
+
+
+def shard_of(symbol: str, count: int) -> int:
+    """The shard (0 .. count-1) a symbol belongs to: a stable CRC-32 of its normalized form."""
+    return zlib.crc32(normalize_symbol(symbol).encode()) % count
+
+
+def parse_shard(text: str, key: str, origins: ConfigOrigins) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    try:
+        left, right = text.split("/")
+        index, count = int(left), int(right)
+    except ValueError:
+        raise origins.error(key, f'got {text!r}, expected "i/n" such as "0/3"') from None
+    if count < 1 or not 0 <= index < count:
+        raise origins.error(key, f"got {text!r}, expected 0 <= i < n")
+    return index, count
 
 
 def build_config(data: dict[str, Any], source: str, origins: ConfigOrigins | None = None) -> Config:

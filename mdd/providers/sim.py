@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ..config import normalize_symbol
 from ..events import QuoteEvent, TradeEvent, now_ns
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class SimProvider:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count(1)
         self._px = {s: START_PRICE * (1 + i) for i, s in enumerate(symbols)}
+        self._event_symbol = {s: normalize_symbol(s) for s in symbols}
 
     def _tick(self, symbol: str) -> list[TradeEvent | QuoteEvent]:
         rng = self._rng
@@ -58,7 +60,7 @@ class SimProvider:
             out.append(
                 TradeEvent(
                     provider=self.name,
-                    symbol=symbol,
+                    symbol=self._event_symbol[symbol],
                     ts_exchange=ts,
                     ts_recv=ts,
                     price=px,
@@ -71,7 +73,7 @@ class SimProvider:
             out.append(
                 QuoteEvent(
                     provider=self.name,
-                    symbol=symbol,
+                    symbol=self._event_symbol[symbol],
                     ts_exchange=ts,
                     ts_recv=ts,
                     bid_px=round(px - TICK, 2),

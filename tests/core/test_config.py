@@ -72,7 +72,7 @@ def test_good_config_loads(tmp_path: Path) -> None:
     assert cfg.providers["backup"].kind == "bybit"
     assert cfg.providers["backup"].ping_interval == 5.0
     feed = cfg.feeds[0]
-    assert feed.symbols == ("BTCUSDT", "ETHUSDT")
+    assert feed.symbols == ("BTCUSDT", "ETH/USDT")  # as the venue spells it
     assert feed.providers == ("binance", "backup")
     assert feed.channels == ("trade", "quote", "book")
     enabled = cfg.sinks.enabled()
@@ -243,3 +243,42 @@ def test_alpaca_secrets_from_env_never_in_repr(tmp_path: Path) -> None:
     assert alpaca.secret == "s3cr3tPLANTED"
     assert alpaca.dry_run is False
     assert "PLANTED" not in repr(cfg)
+
+
+def test_sharding_splits_symbols_stably_and_completely(tmp_path: Path) -> None:
+    symbols = [f"SYM{i}USDT" for i in range(30)]
+    shards = []
+    for i in range(3):
+        text = f"[[feeds]]\nname='f'\nsymbols={symbols!r}\nproviders=['sim']\nshard='{i}/3'\n"
+        feed = load(tmp_path, text).feeds[0]
+        assert feed.all_symbols == tuple(symbols)
+        shards.append(set(feed.symbols))
+    assert set().union(*shards) == set(symbols)
+    assert sum(len(s) for s in shards) == len(symbols)
+    assert all(shards)
+
+
+@pytest.mark.parametrize(
+    ("shard", "fragment"), [("3/3", "0 <= i < n"), ("x", 'expected "i/n"'), ("1/0", "0 <= i")]
+)
+def test_bad_shard(tmp_path: Path, shard: str, fragment: str) -> None:
+    text = f"[[feeds]]\nname='f'\nsymbols=['A']\nproviders=['sim']\nshard='{shard}'\n"
+    with pytest.raises(ConfigError, match=fragment):
+        load(tmp_path, text)
+
+
+def test_shard_with_no_symbols_is_refused(tmp_path: Path) -> None:
+    from mdd.config import shard_of
+
+    other = 1 - shard_of("A", 2)
+    text = f"[[feeds]]\nname='f'\nsymbols=['A']\nproviders=['sim']\nshard='{other}/2'\n"
+    with pytest.raises(ConfigError, match="holds no symbol"):
+        load(tmp_path, text)
+
+
+def test_symbols_are_validated(tmp_path: Path) -> None:
+    for bad, key in ((["BTC USDT"], "feeds[0].symbols[0]"), (["A", "a"], "feeds[0].symbols")):
+        text = f"[[feeds]]\nname='f'\nsymbols={bad!r}\nproviders=['sim']\n"
+        with pytest.raises(ConfigError) as info:
+            load(tmp_path, text)
+        assert info.value.key == key
