@@ -1,0 +1,367 @@
+"""NATS sink: events out as ``{subject_prefix}.{type}.{symbol}``, nats-py under trio-asyncio.
+
+asyncio is fenced off here. :meth:`NatsSink.run` opens the one
+``trio_asyncio.open_loop()`` of the process and drives the sink with
+:func:`~mdd.sinks.base.run_sink` inside it, so ``open``/``write``/``close``
+can call into nats-py. Each batch crosses the trio -> asyncio bridge once: an
+asyncio coroutine publishes the whole batch and flushes (core NATS) or awaits
+every JetStream ack (``jetstream = true``). Per-message crossings top out near
+8k msg/s; one crossing per batch is ~70x faster (see the README figures).
+
+Subjects and ids:
+    ``md.events.trade.BTCUSDT``, ``md.events.heartbeat.__system__``; the
+    payload is :func:`mdd.events.dumps`. With JetStream each message carries
+    ``Nats-Msg-Id``: ``provider:symbol:trade_id`` for trades (so a replayed
+    trade, or the same trade from a second daemon, is stored once within the
+    stream's ``duplicate_window``), ``type:provider:symbol:ts_recv`` for other
+    events (``last_update_id`` instead of ``ts_recv`` for books that have one).
+
+Error handling:
+    NATS being down never stops the daemon. ``open`` waits (nats-py retries
+    the connection forever) and ``write`` keeps retrying the current batch
+    until the server takes it; meanwhile the sink's bus lane is the bounded
+    buffer and sheds by the drop policy, which counts what it drops. One
+    warning per outage, one line when it ends; the sink's health shows
+    ``failing`` during the outage. JetStream requested but not enabled on the
+    server is a :class:`JetStreamUnavailable` error naming the fix
+    (``nats-server -js``), retried by the runner. Cleanup is shielded so a
+    cancelled shutdown still closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import nats.errors
+import nats.js.errors
+import trio
+import trio_asyncio
+from nats.aio.client import Client as NatsClient
+
+from ..errors import SinkError
+from ..events import dumps
+from ..metrics import NATS_CONNECTED, NATS_OUTAGES, NATS_PUBLISHED
+from .base import SinkHealth, run_sink
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..bus import SinkInbox
+    from ..events import Event
+
+LOGGER = logging.getLogger("mdd.sinks.nats")
+
+#: Seconds between checks while waiting for the connection to come back.
+RECONNECT_POLL: Final = 0.05
+#: Seconds nats-py waits between connection attempts to the same server.
+RECONNECT_WAIT: Final = 0.5
+#: Seconds to wait for a flush (core) or for a batch's acks (JetStream).
+ACK_TIMEOUT: Final = 5.0
+#: Seconds allowed for closing the connection on shutdown.
+CLOSE_TIMEOUT: Final = 2.0
+
+#: Errors from a publish attempt that mean "not now": retry the batch.
+_RETRYABLE: Final = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    TimeoutError,
+    OSError,
+)
+
+Message = tuple[str, bytes, dict[str, str] | None]
+
+
+class JetStreamUnavailable(SinkError):
+    """JetStream was requested but the server does not offer it."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"JetStream is not available on {url} ({detail}): start the server with "
+            "JetStream enabled (`nats-server -js`, or `jetstream {}` in its config), "
+            "or set [sinks.nats] jetstream = false"
+        )
+
+
+def redact(url: str) -> str:
+    """``url`` without user and password, for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def msg_id(event: Event) -> str:
+    """The stable ``Nats-Msg-Id`` of an event (JetStream de-duplication key)."""
+    if event.type == "trade":
+        return f"{event.provider}:{event.symbol}:{event.trade_id}"  # type: ignore[union-attr]
+    if event.type == "book" and event.last_update_id is not None:  # type: ignore[union-attr]
+        return f"book:{event.provider}:{event.symbol}:{event.last_update_id}"  # type: ignore[union-attr]
+    return f"{event.type}:{event.provider}:{event.symbol}:{event.ts_recv}"
+
+
+class NatsSink:
+    """Publishes every event to NATS (optionally JetStream), one bridge crossing per batch.
+
+    Run it with :meth:`run` (not bare :func:`run_sink`): that opens the
+    trio-asyncio loop the sink needs for its whole life.
+
+    Args:
+        url: server URL (credentials in it are never logged).
+        subject_prefix: subjects are ``{subject_prefix}.{type}.{symbol}``.
+        jetstream: publish to JetStream with ``Nats-Msg-Id`` and await acks.
+        stream: JetStream stream name, created over ``{subject_prefix}.>`` if missing.
+        duplicate_window: the stream's de-duplication window, seconds.
+        batch_size: most events per bridge crossing.
+        batch_interval: seconds to keep collecting a short batch.
+        ack_timeout: seconds for a batch's flush or acks before it is retried.
+    """
+
+    name = "nats"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        subject_prefix: str = "md.events",
+        jetstream: bool = False,
+        stream: str = "MD_EVENTS",
+        duplicate_window: float = 120.0,
+        batch_size: int = 500,
+        batch_interval: float = 0.0,
+        ack_timeout: float = ACK_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.safe_url = redact(url)
+        self.subject_prefix = subject_prefix.rstrip(".")
+        self.jetstream = jetstream
+        self.stream = stream
+        self.duplicate_window = duplicate_window
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval
+        self.ack_timeout = ack_timeout
+        self.health = SinkHealth(self.name)
+        self.nc: Any = None
+        self._js: Any = None
+        self._stream_ready = False
+        self._subjects: dict[tuple[str, str], str] = {}
+        self._down_since: float | None = None
+        self._last_error = ""
+        self._closing = False
+        self.published = 0
+        self.duplicates = 0
+        self.outages = 0
+
+    # -- running -------------------------------------------------------------
+
+    async def run(
+        self,
+        inbox: SinkInbox,
+        health: SinkHealth | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Open the trio-asyncio loop and drive this sink from ``inbox`` inside it.
+
+        Same contract as :func:`~mdd.sinks.base.run_sink` (the daemon starts it
+        with ``nursery.start``); returns when the lane is drained and closed.
+        """
+        if health is not None:
+            self.health = health
+        async with trio_asyncio.open_loop():
+            await run_sink(self, inbox, self.health, task_status=task_status)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (waiting as long as it takes) and, with JetStream, ensure the stream."""
+        if self.nc is None or self.nc.is_closed:
+            self.nc = NatsClient()
+            await self._connect()
+        if self.jetstream and not self._stream_ready:
+            await self._ensure_stream()
+        self._up()
+
+    async def _connect(self) -> None:
+        nc = self.nc
+
+        # nats-py callbacks run on the asyncio side: plain state only, never a trio await.
+        async def on_error(exc: Exception) -> None:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            if not nc.is_connected and not self._closing:
+                self._down(self._last_error)
+
+        async def on_disconnected() -> None:
+            if not self._closing:
+                self._down(self._last_error or "disconnected")
+
+        # Returns once connected: nats-py retries forever (max_reconnect_attempts=-1).
+        await trio_asyncio.aio_as_trio(nc.connect)(**self._options(on_error, on_disconnected))
+        LOGGER.info("sink.nats.connected url=%s jetstream=%s", self.safe_url, self.jetstream)
+
+    def _options(self, on_error: Any, on_disconnected: Any) -> dict[str, Any]:
+        return {
+            "servers": [self.url],
+            "name": "mdd",
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,  # never give up; the lane is the buffer
+            "reconnect_time_wait": RECONNECT_WAIT,
+            "connect_timeout": 2,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+        }
+
+    async def _ensure_stream(self) -> None:
+        try:
+            created = await trio_asyncio.aio_as_trio(self._aio_ensure_stream)()
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise JetStreamUnavailable(self.safe_url, type(exc).__name__) from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise JetStreamUnavailable(self.safe_url, "no reply from the JetStream API") from exc
+        self._stream_ready = True
+        LOGGER.info(
+            "sink.nats.stream stream=%s subjects=%s.> created=%s duplicate_window=%.0fs",
+            self.stream,
+            self.subject_prefix,
+            created,
+            self.duplicate_window,
+        )
+
+    async def _aio_ensure_stream(self) -> bool:
+        """asyncio side: the stream exists afterwards; True if it was created."""
+        js = self.nc.jetstream(timeout=self.ack_timeout)
+        self._js = js
+        try:
+            await js.stream_info(self.stream)
+            return False
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                name=self.stream,
+                subjects=[f"{self.subject_prefix}.>"],
+                duplicate_window=self.duplicate_window,
+            )
+            return True
+
+    async def close(self) -> None:
+        """Flush and close the connection (shielded, bounded by :data:`CLOSE_TIMEOUT`)."""
+        nc, self.nc = self.nc, None
+        self._closing = True
+        NATS_CONNECTED.set(0)
+        if nc is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            try:
+                await trio_asyncio.aio_as_trio(nc.close)()
+            except _RETRYABLE as exc:
+                LOGGER.warning("sink.nats.close_failed url=%s error=%r", self.safe_url, str(exc))
+        if scope.cancelled_caught:
+            LOGGER.warning("sink.nats.close_timeout url=%s", self.safe_url)
+        LOGGER.info(
+            "sink.nats.closed url=%s published=%d outages=%d",
+            self.safe_url,
+            self.published,
+            self.outages,
+        )
+
+    # -- writing -------------------------------------------------------------
+
+    def encode(self, batch: Sequence[Event]) -> list[Message]:
+        """Subjects, payloads and (with JetStream) headers for one batch."""
+        subjects = self._subjects
+        prefix = self.subject_prefix
+        js = self.jetstream
+        out: list[Message] = []
+        for e in batch:
+            key = (e.type, e.symbol)
+            subject = subjects.get(key)
+            if subject is None:
+                subject = subjects[key] = f"{prefix}.{e.type}.{e.symbol}"
+            out.append((subject, dumps(e), {"Nats-Msg-Id": msg_id(e)} if js else None))
+        return out
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Publish the batch; while NATS is away, wait and retry it (never drop it)."""
+        msgs = self.encode(batch)
+        publish = trio_asyncio.aio_as_trio(
+            self._aio_publish_js if self.jetstream else self._aio_publish
+        )
+        while True:
+            nc = self.nc
+            if nc is None or nc.is_closed:
+                await self.open()
+                continue
+            if not nc.is_connected:
+                self._down(self._last_error or "disconnected")
+                await trio.sleep(RECONNECT_POLL)
+                continue
+            if self.jetstream and not self._stream_ready:
+                await self._ensure_stream()
+            try:
+                await publish(msgs)
+            except nats.js.errors.NoStreamResponseError:
+                self._stream_ready = False
+                self._down(f"no stream {self.stream} answers on {self.subject_prefix}.>")
+                await trio.sleep(RECONNECT_POLL)
+                continue
+            except _RETRYABLE as exc:
+                self._down(f"{type(exc).__name__}: {exc}")
+                await trio.sleep(RECONNECT_POLL)
+                continue
+            break
+        self._up()
+        self.published += len(msgs)
+        NATS_PUBLISHED.inc(len(msgs))
+
+    async def _aio_publish(self, msgs: list[Message]) -> None:
+        """asyncio side: publish a batch and flush (the server has it on return)."""
+        nc = self.nc
+        pub = nc.publish
+        for subject, payload, _headers in msgs:
+            await pub(subject, payload)
+        await nc.flush(timeout=self.ack_timeout)
+
+    async def _aio_publish_js(self, msgs: list[Message]) -> None:
+        """asyncio side: publish a batch to JetStream and await every ack."""
+        js = self._js
+        futures = [
+            await js.publish_async(subject, payload, headers=headers)
+            for subject, payload, headers in msgs
+        ]
+        acks = await asyncio.wait_for(asyncio.gather(*futures), self.ack_timeout)
+        self.duplicates += sum(1 for ack in acks if ack.duplicate)
+
+    # -- outage bookkeeping ----------------------------------------------------
+
+    def _down(self, reason: str) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = trio.current_time()
+        self.outages += 1
+        NATS_OUTAGES.inc()
+        NATS_CONNECTED.set(0)
+        self.health.state = "failing"
+        self.health.last_error = f"nats unavailable: {reason}"
+        LOGGER.warning(
+            "sink.nats.unavailable url=%s error=%r action=retrying "
+            "(events wait in the bus lane, which sheds by policy)",
+            self.safe_url,
+            reason,
+        )
+
+    def _up(self) -> None:
+        NATS_CONNECTED.set(1)
+        self._last_error = ""
+        if self._down_since is None:
+            return
+        LOGGER.warning(
+            "sink.nats.recovered url=%s outage=%.1fs",
+            self.safe_url,
+            trio.current_time() - self._down_since,
+        )
+        self._down_since = None
+        self.health.state = "ok"
