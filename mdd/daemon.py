@@ -63,6 +63,8 @@ class Daemon:
         self._producers_scope: trio.CancelScope | None = None
         self._sinks: list[Any] = []
         self.ready = trio.Event()
+        #: Called (synchronously) when a graceful shutdown begins, e.g. sd_notify STOPPING=1.
+        self.on_stopping: list[Callable[[], None]] = []
 
     # -- control -----------------------------------------------------------
 
@@ -102,6 +104,11 @@ class Daemon:
             task_status.started(self)
             await self._stop.wait()
             self.stopping = True
+            for callback in list(self.on_stopping):
+                try:
+                    callback()
+                except Exception:
+                    LOGGER.exception("daemon.on_stopping_failed callback=%r", callback)
             await self._shutdown(producers_done, sinks_done)
             root.cancel_scope.cancel("daemon stopped")
         LOGGER.info("daemon.stopped published=%d", self.bus.published)
