@@ -26,11 +26,12 @@ import trio
 
 from .bus import Bus
 from .events import SYSTEM_SYMBOL, HeartbeatEvent, now_ns
+from .failover import FailoverSupervisor
 from .sinks import SinkHealth, build_sinks, run_sink
-from .supervisor import FeedSupervisor
 
 if TYPE_CHECKING:
     from .config import Config
+    from .supervisor import FeedSupervisor
 
 LOGGER = logging.getLogger("mdd.daemon")
 
@@ -165,7 +166,7 @@ class Daemon:
 
     def make_feed_supervisor(self, feed: Any) -> FeedSupervisor:
         """The supervisor for one feed (a seam for failover and tests)."""
-        return FeedSupervisor(self.config, feed, self.bus)
+        return FailoverSupervisor(self.config, feed, self.bus)
 
     async def _heartbeats(self) -> None:
         """Synthetic heartbeats for silent active providers, plus the system heartbeat."""

@@ -11,9 +11,11 @@ import itertools
 import random
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
 from ..config import normalize_symbol
+from ..errors import ProviderError
 from ..events import QuoteEvent, TradeEvent, now_ns
 
 if TYPE_CHECKING:
@@ -26,6 +28,37 @@ TICK: Final = 0.01
 START_PRICE: Final = 100.0
 #: Ticks per generated batch: events are produced in small bursts, not one per sleep.
 BATCHES_PER_SECOND: Final = 20
+
+
+@attrs.define
+class SimFaults:
+    """Live fault switches of the sim providers of one name, for failover tests.
+
+    Attributes:
+        silent: Stay connected and subscribed but generate nothing (a stale feed).
+        crash: Raise :class:`SimCrash` at once, and on every restart while set.
+    """
+
+    silent: bool = False
+    crash: bool = False
+
+
+class SimCrash(ProviderError):
+    """The injected crash of a sim provider (``SimFaults.crash``)."""
+
+
+#: Provider name -> its fault switches, read live by every run of that name.
+FAULTS: dict[str, SimFaults] = {}
+
+
+def sim_faults(name: str) -> SimFaults:
+    """The fault switches of the sim provider called ``name`` (created on first use)."""
+    return FAULTS.setdefault(name, SimFaults())
+
+
+def reset_sim_faults() -> None:
+    """Clear every fault switch (tests call this in teardown)."""
+    FAULTS.clear()
 
 
 class SimProvider:
@@ -87,7 +120,9 @@ class SimProvider:
     async def run(
         self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Generate events until cancelled."""
+        """Generate events until cancelled (or :class:`SimCrash` while ``crash`` is set)."""
+        if (fault := FAULTS.get(self.name)) is not None and fault.crash:
+            raise SimCrash(f"{self.name}: injected crash")
         self.health.connected = True
         self.health.subscribed = True
         interval = 1.0 / BATCHES_PER_SECOND
@@ -96,6 +131,12 @@ class SimProvider:
         started = False
         try:
             while True:
+                if (fault := FAULTS.get(self.name)) is not None and (fault.silent or fault.crash):
+                    if fault.crash:
+                        raise SimCrash(f"{self.name}: injected crash")
+                    owed = 0.0
+                    await trio.sleep(interval)
+                    continue
                 owed += per_batch
                 while owed >= 1.0:
                     owed -= 1.0
