@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .alpaca import AlpacaProvider as AlpacaProvider
 from .base import Outlet as Outlet
+from .binance import BinanceProvider as BinanceProvider
+from .bybit import BybitProvider as BybitProvider
 from .sim import SimProvider as SimProvider
 
 if TYPE_CHECKING:
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
 #: Provider kind -> class. One line per venue.
 PROVIDERS: dict[str, ProviderFactory] = {
     "sim": SimProvider,
+    "binance": BinanceProvider,
+    "bybit": BybitProvider,
+    "alpaca": AlpacaProvider,
 }
 
 

@@ -1,0 +1,249 @@
+"""Binance spot market data: combined streams, a pure ``parse()``, and the provider.
+
+Wire rules (PROTOCOLS.md, Binance spot ``web-socket-streams.md``):
+
+* Combined streams ``/stream?streams=btcusdt@trade/btcusdt@bookTicker/...``
+  (lower-case names); every frame is ``{"stream": ..., "data": ...}``.
+* ``m: true`` means the buyer is the maker, so the aggressor **sold**.
+* Spot ``bookTicker`` has no event time: ``ts_exchange`` is None.
+* Partial depth (``@depth5`` ...) carries no symbol: it comes from the stream name.
+* Errors are flat in the docs (``{"code":..,"msg":..}``) and nested on the wire
+  (``{"error":{..},"id":..}``): both are parsed.
+* ``serverShutdown`` means reconnect now; a connection lives at most 24 h, so
+  we reconnect proactively before that; at most 1024 streams per connection
+  and 5 incoming messages per second (the server pings are answered by the
+  transport).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from ..events import BookEvent, QuoteEvent, TradeEvent
+from ._parse import PARSE_FAILURES, Control, bad_frame, levels
+from ._ws import Plan, Reconnect, WsProvider
+
+if TYPE_CHECKING:
+    from ._parse import Parsed
+    from ._ws import Session
+
+LOGGER = logging.getLogger("mdd.providers.binance")
+
+#: Reconnect before Binance's 24 h cut.
+MAX_LIFETIME: Final = 23 * 3600 + 50 * 60
+#: ms -> ns; with ``?timeUnit=MICROSECOND`` pass ``MICROSECONDS`` to :func:`parse`.
+MILLISECONDS: Final = 1_000_000
+MICROSECONDS: Final = 1_000
+_INF: Final = math.inf
+
+
+def _time(msg: dict[str, Any], key: str, unit_ns: int) -> int | None:
+    value = msg.get(key)
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise TypeError(f"{key} must be an integer time, got {value!r}")
+    return value * unit_ns
+
+
+def _trade(msg: dict[str, Any], ts_recv: int, provider: str, id_key: str, unit: int) -> TradeEvent:
+    symbol = msg["s"]
+    if type(symbol) is not str or not symbol:
+        raise TypeError(f"bad symbol {symbol!r}")
+    maker = msg["m"]
+    if maker is True:
+        side = "sell"  # the buyer made the market: the aggressor sold
+    elif maker is False:
+        side = "buy"
+    else:
+        raise TypeError(f"m must be a boolean, got {maker!r}")
+    ts = _time(msg, "T", unit)
+    if ts is None:
+        ts = _time(msg, "E", unit)
+    price = float(msg["p"])
+    qty = float(msg["q"])
+    if not (0.0 < price < _INF and 0.0 <= qty < _INF):
+        raise ValueError(f"bad price/qty {msg['p']!r}/{msg['q']!r}")
+    trade_id = msg[id_key]
+    if trade_id is None or isinstance(trade_id, bool | float | dict | list):
+        raise TypeError(f"bad trade id {trade_id!r}")
+    return TradeEvent(provider, symbol, ts, ts_recv, price, qty, side, str(trade_id))
+
+
+def _symbol_of(stream: str | None) -> str:
+    if not stream or "@" not in stream:
+        raise ValueError("partial depth frame without a stream name: symbol unknown")
+    return stream.split("@", 1)[0].upper()
+
+
+def _dispatch(msg: Any, ts_recv: int, provider: str, stream: str | None, unit: int) -> Parsed:
+    match msg:
+        case {"e": "trade"}:
+            return [_trade(msg, ts_recv, provider, "t", unit)]
+        case {"e": "aggTrade"}:
+            return [_trade(msg, ts_recv, provider, "a", unit)]
+        case {"e": "depthUpdate"}:
+            return [
+                BookEvent(
+                    provider,
+                    msg["s"],
+                    _time(msg, "E", unit),
+                    ts_recv,
+                    levels(msg["b"]),
+                    levels(msg["a"]),
+                    False,
+                    int(msg["U"]),
+                    int(msg["u"]),
+                    None,
+                )
+            ]
+        case {"e": "serverShutdown"}:
+            return [Control("server_shutdown", provider, ts_exchange=_time(msg, "E", unit))]
+        case {"e": str(kind)}:
+            return [Control("unknown", provider, message=f"event type {kind!r}")]
+        case {"u": int(), "s": str(symbol), "b": bid, "B": bid_qty, "a": ask, "A": ask_qty}:
+            bid_px, bq, ask_px, aq = float(bid), float(bid_qty), float(ask), float(ask_qty)
+            if not (0.0 <= bid_px < _INF and 0.0 <= ask_px < _INF and 0.0 <= bq < _INF):
+                raise ValueError("bad bookTicker numbers")
+            if not 0.0 <= aq < _INF:
+                raise ValueError("bad bookTicker numbers")
+            # Spot bookTicker has no time; tolerate the futures-style T if present.
+            return [
+                QuoteEvent(provider, symbol, _time(msg, "T", unit), ts_recv, bid_px, bq, ask_px, aq)
+            ]
+        case {"lastUpdateId": last, "bids": bids, "asks": asks}:
+            return [
+                BookEvent(
+                    provider,
+                    _symbol_of(stream),
+                    None,
+                    ts_recv,
+                    levels(bids),
+                    levels(asks),
+                    True,
+                    None,
+                    int(last),
+                    None,
+                )
+            ]
+        case {"result": result, "id": request_id}:
+            return [Control("command_ack", provider, request_id=request_id, data=result)]
+        case {"error": {"code": code, "msg": text}}:
+            return [
+                Control(
+                    "error", provider, code=_code(code), message=str(text), request_id=msg.get("id")
+                )
+            ]
+        case {"code": code, "msg": text}:
+            return [Control("error", provider, code=_code(code), message=str(text))]
+        case dict():
+            return [Control("unknown", provider, message=f"keys {sorted(msg)[:8]}")]
+        case _:
+            raise TypeError(f"expected a JSON object, got {type(msg).__name__}")
+
+
+def _code(code: Any) -> int | None:
+    return code if type(code) is int else None
+
+
+def parse(
+    raw: str | bytes,
+    ts_recv: int,
+    provider: str = "binance",
+    *,
+    stream: str | None = None,
+    time_unit_ns: int = MILLISECONDS,
+) -> Parsed:
+    """Turn one Binance frame into events and controls. Pure, no I/O.
+
+    Args:
+        raw: the frame text (raw ``/ws`` or combined ``/stream`` form).
+        ts_recv: receive time, ns.
+        provider: the provider name put on events.
+        stream: the stream name when the connection is a raw ``/ws/<stream>``
+            one (partial depth frames carry no symbol); combined frames name it.
+        time_unit_ns: ns per unit of the venue's times (ms, or µs with
+            ``timeUnit=MICROSECOND``).
+
+    Returns:
+        Events in wire order, or one :class:`Control` (acks, errors, shutdown,
+        ``unknown`` for event types mdd does not normalize, e.g. ``avgPrice``).
+
+    Raises:
+        ParseError: not JSON, or a known message with missing/bad fields.
+    """
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_frame(raw, exc) from None
+    try:
+        if type(msg) is dict and "stream" in msg and "data" in msg:
+            stream = msg["stream"]
+            msg = msg["data"]
+        return _dispatch(msg, ts_recv, provider, stream, time_unit_ns)
+    except PARSE_FAILURES as exc:
+        raise bad_frame(raw, exc) from None
+
+
+def stream_names(
+    symbols: tuple[str, ...], channels: tuple[str, ...], depth_interval_ms: int = 100
+) -> list[str]:
+    """Lower-case combined-stream names for the symbols and channels."""
+    depth = "@depth" if depth_interval_ms >= 1000 else f"@depth@{depth_interval_ms}ms"
+    names: list[str] = []
+    for symbol in symbols:
+        low = symbol.lower()
+        if "trade" in channels:
+            names.append(f"{low}@trade")
+        if "quote" in channels:
+            names.append(f"{low}@bookTicker")
+        if "book" in channels:
+            names.append(low + depth)
+    return names
+
+
+class BinanceProvider(WsProvider):
+    """Binance spot over combined streams: trades, bookTicker quotes, depth deltas.
+
+    Streams beyond ``max_streams_per_connection`` go to further connections.
+    Keyword arguments are those of :class:`~mdd.providers._ws.WsProvider`;
+    ``max_lifetime`` defaults to 23 h 50 min.
+    """
+
+    kind = "binance"
+    max_send_rate = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_lifetime", MAX_LIFETIME)
+        super().__init__(*args, **kwargs)
+
+    def plans(self) -> list[Plan]:
+        """One combined-stream URL per ``max_streams_per_connection`` streams."""
+        names = stream_names(self.symbols, self.channels, self.config.depth_interval_ms)
+        size = self.config.max_streams_per_connection
+        base = self.config.url.rstrip("/")
+        plans = []
+        for start in range(0, len(names), size):
+            chunk = tuple(names[start : start + size])
+            symbols = tuple(dict.fromkeys(n.split("@", 1)[0].upper() for n in chunk))
+            plans.append(Plan(f"{base}/stream?streams={'/'.join(chunk)}", symbols, chunk))
+        return plans
+
+    def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
+        """Combined-stream frames name their stream; ms times."""
+        return parse(raw, ts_recv, self.name)
+
+    async def on_open(self, session: Session) -> None:
+        """Combined streams in the URL are subscribed by connecting."""
+        self.mark_subscribed(session)
+
+    async def on_control(self, session: Session, ctl: Control) -> None:
+        """``serverShutdown`` -> reconnect now; venue errors -> status and log."""
+        if ctl.kind == "server_shutdown":
+            raise Reconnect("binance: serverShutdown")
+        if ctl.kind == "error":
+            self.venue_error(session.plan, ctl)

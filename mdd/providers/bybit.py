@@ -1,0 +1,277 @@
+"""Bybit V5 public spot: a pure ``parse()`` and the provider.
+
+Wire rules (PROTOCOLS.md, bybit-exchange/docs v5 websocket):
+
+* ``publicTrade.SYM``: ``data[]`` holds one or many trades; ``S`` is the
+  **taker** side; ``T`` the fill time (ms); ``i`` a string id.
+* ``orderbook.{1,50,200,1000}.SYM``: snapshot then deltas, ``u`` update id,
+  ``seq`` cross sequence, ``cts`` matching-engine time. Level 1 becomes a
+  :class:`~mdd.events.QuoteEvent`, deeper books :class:`~mdd.events.BookEvent`.
+* Subscribe with ``{"op":"subscribe","args":[..]}``, at most 10 args per
+  request; the ack is ``{"success":true,"ret_msg":"subscribe",..}``, a failure
+  ``success:false`` with a text-only ``ret_msg``. The first snapshot may arrive
+  before the ack.
+* The client pings (``{"op":"ping"}``) every 20 s or is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from ..errors import SubscribeError
+from ..events import BookEvent, QuoteEvent, TradeEvent
+from ._parse import PARSE_FAILURES, Control, bad_frame, levels
+from ._ws import Plan, WsProvider
+
+if TYPE_CHECKING:
+    from ._parse import Parsed
+    from ._ws import Session
+
+LOGGER = logging.getLogger("mdd.providers.bybit")
+
+#: Spot allows at most this many args per subscribe request.
+MAX_ARGS_PER_REQUEST: Final = 10
+_MS: Final = 1_000_000
+_INF: Final = math.inf
+_SIDES: Final = {"Buy": "buy", "Sell": "sell"}
+
+
+def _ms(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"time must be an integer, got {value!r}")
+    return value * _MS
+
+
+def _trades(msg: dict[str, Any], ts_recv: int, provider: str) -> Parsed:
+    frame_ts = msg.get("ts")
+    out: Parsed = []
+    for item in msg["data"]:
+        symbol = item["s"]
+        if type(symbol) is not str or not symbol:
+            raise TypeError(f"bad symbol {symbol!r}")
+        t = item.get("T", frame_ts)
+        price = float(item["p"])
+        qty = float(item["v"])
+        if not (0.0 < price < _INF and 0.0 <= qty < _INF):
+            raise ValueError(f"bad price/qty {item['p']!r}/{item['v']!r}")
+        trade_id = item["i"]
+        if trade_id is None or isinstance(trade_id, bool | float | dict | list):
+            raise TypeError(f"bad trade id {trade_id!r}")
+        out.append(
+            TradeEvent(
+                provider,
+                symbol,
+                None if t is None else _ms(t),
+                ts_recv,
+                price,
+                qty,
+                _SIDES[item["S"]],
+                str(trade_id),
+            )
+        )
+    return out
+
+
+def _book(msg: dict[str, Any], topic: str, ts_recv: int, provider: str, quote_depth: int) -> Parsed:
+    _, depth_text, topic_symbol = topic.split(".", 2)
+    data = msg["data"]
+    symbol = data.get("s") or topic_symbol
+    kind = msg["type"]
+    if kind not in ("snapshot", "delta"):
+        raise ValueError(f"orderbook type {kind!r}")
+    cts = msg.get("cts")
+    ts = _ms(cts) if cts is not None else (None if msg.get("ts") is None else _ms(msg["ts"]))
+    bids = levels(data["b"])
+    asks = levels(data["a"])
+    if int(depth_text) == quote_depth:
+        if not bids or not asks:
+            return []  # one side empty: no best bid/offer to report
+        (bid_px, bid_qty), (ask_px, ask_qty) = bids[0], asks[0]
+        if not (0.0 < bid_px < _INF and 0.0 < ask_px < _INF):
+            raise ValueError("bad level-1 prices")
+        return [QuoteEvent(provider, symbol, ts, ts_recv, bid_px, bid_qty, ask_px, ask_qty)]
+    seq = data.get("seq")
+    return [
+        BookEvent(
+            provider,
+            symbol,
+            ts,
+            ts_recv,
+            bids,
+            asks,
+            kind == "snapshot",
+            None,
+            int(data["u"]),
+            None if seq is None else int(seq),
+        )
+    ]
+
+
+def _dispatch(msg: Any, ts_recv: int, provider: str, quote_depth: int) -> Parsed:
+    match msg:
+        case {"topic": str(topic)} if topic.startswith("publicTrade."):
+            return _trades(msg, ts_recv, provider)
+        case {"topic": str(topic)} if topic.startswith("orderbook."):
+            return _book(msg, topic, ts_recv, provider, quote_depth)
+        case {"topic": str(topic)} if topic.startswith("tickers."):
+            data = msg["data"]
+            ts = msg.get("ts")
+            return [
+                Control(
+                    "ticker",
+                    provider,
+                    symbol=data.get("symbol"),
+                    ts_exchange=None if ts is None else _ms(ts),
+                    data=data,
+                )
+            ]
+        case {"topic": str(topic)}:
+            return [Control("unknown", provider, message=f"topic {topic!r}")]
+        case {"op": "pong"}:
+            return [Control("pong", provider, op="pong", data=msg.get("args"))]
+        case {"op": "ping", "success": True}:
+            return [Control("pong", provider, op="ping", message=str(msg.get("ret_msg", "")))]
+        case {"op": str(op), "success": True}:
+            kind = "subscribed" if op == "subscribe" else "command_ack"
+            return [
+                Control(
+                    kind,
+                    provider,
+                    op=op,
+                    request_id=msg.get("req_id"),
+                    message=str(msg.get("ret_msg", "")),
+                    data=msg.get("conn_id"),
+                )
+            ]
+        case {"op": str(op), "success": False}:
+            return [
+                Control(
+                    "error",
+                    provider,
+                    op=op,
+                    request_id=msg.get("req_id"),
+                    message=str(msg.get("ret_msg", "")),
+                    data=msg.get("conn_id"),
+                )
+            ]
+        case dict():
+            return [Control("unknown", provider, message=f"keys {sorted(msg)[:8]}")]
+        case _:
+            raise TypeError(f"expected a JSON object, got {type(msg).__name__}")
+
+
+def parse(
+    raw: str | bytes, ts_recv: int, provider: str = "bybit", *, quote_depth: int = 1
+) -> Parsed:
+    """Turn one Bybit V5 public frame into events and controls. Pure, no I/O.
+
+    Args:
+        raw: the frame text.
+        ts_recv: receive time, ns.
+        provider: the provider name put on events.
+        quote_depth: the orderbook depth read as quotes (level 1); other depths are books.
+
+    Returns:
+        Events in wire order (a ``publicTrade`` frame gives one trade per
+        fill), or one :class:`Control`: ``subscribed``/``command_ack`` acks,
+        ``pong``, ``error`` (``message`` = the venue's ``ret_msg``, ``code``
+        None: the public stream sends none), ``ticker``, ``unknown``.
+
+    Raises:
+        ParseError: not JSON, or a known message with missing/bad fields.
+    """
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_frame(raw, exc) from None
+    try:
+        return _dispatch(msg, ts_recv, provider, quote_depth)
+    except PARSE_FAILURES as exc:
+        raise bad_frame(raw, exc) from None
+
+
+def topics(symbols: tuple[str, ...], channels: tuple[str, ...], book_depth: int = 50) -> list[str]:
+    """Subscription args for the symbols and channels."""
+    out: list[str] = []
+    for symbol in symbols:
+        if "trade" in channels:
+            out.append(f"publicTrade.{symbol}")
+        if "quote" in channels:
+            out.append(f"orderbook.1.{symbol}")
+        if "book" in channels and book_depth != 1:
+            out.append(f"orderbook.{book_depth}.{symbol}")
+    return out
+
+
+def subscribe_requests(args: list[str], first_req_id: int = 1) -> list[dict[str, Any]]:
+    """Subscribe requests of at most :data:`MAX_ARGS_PER_REQUEST` args each."""
+    return [
+        {
+            "req_id": str(first_req_id + n),
+            "op": "subscribe",
+            "args": args[start : start + MAX_ARGS_PER_REQUEST],
+        }
+        for n, start in enumerate(range(0, len(args), MAX_ARGS_PER_REQUEST))
+    ]
+
+
+class BybitProvider(WsProvider):
+    """Bybit V5 public spot: trades, level-1 quotes, ``book_depth`` books.
+
+    The subscription counts as done when every request is acknowledged; a
+    rejected one raises :class:`~mdd.errors.SubscribeError` with the venue's
+    message, and the loop backs off and retries.
+    """
+
+    kind = "bybit"
+    max_send_rate = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keepalive_interval = self.config.ping_interval
+
+    def plans(self) -> list[Plan]:
+        """One connection carrying every topic."""
+        args = topics(self.symbols, self.channels, self.config.book_depth)
+        return [Plan(self.config.url, self.symbols, tuple(args))]
+
+    def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
+        """The module's :func:`parse`."""
+        return parse(raw, ts_recv, self.name)
+
+    def keepalive_message(self) -> Any:
+        """Bybit's client heartbeat."""
+        return {"op": "ping"}
+
+    async def on_open(self, session: Session) -> None:
+        """Send the subscribe requests, 10 args each; acks are counted in :meth:`on_control`."""
+        requests = subscribe_requests(list(session.plan.topics))
+        pending = {r["req_id"] for r in requests}
+        session.state["pending"] = pending
+        for request in requests:
+            await session.send(request)
+
+    async def on_control(self, session: Session, ctl: Control) -> None:
+        """Count subscribe acks; a rejected subscribe ends the session."""
+        pending: set[str] = session.state.get("pending", set())
+        if ctl.kind == "subscribed":
+            if ctl.request_id in pending:
+                pending.discard(ctl.request_id)
+            elif pending:
+                pending.pop()  # ack without our req_id echoed
+            if not pending:
+                self.mark_subscribed(session)
+        elif ctl.kind == "error":
+            if ctl.op == "subscribe":
+                LOGGER.error(
+                    "bybit.subscribe_failed provider=%s req_id=%s ret_msg=%r",
+                    self.name,
+                    ctl.request_id,
+                    ctl.message,
+                )
+                raise SubscribeError(self.name, ctl.message)
+            self.venue_error(session.plan, ctl)
