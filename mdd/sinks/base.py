@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
+
+from ..metrics import SINK_BATCH_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -128,6 +131,7 @@ async def _write(sink: Sink, batch: list[Event], health: SinkHealth, max_attempt
     attempt = 0
     while True:
         attempt += 1
+        started = time.perf_counter()
         try:
             await sink.write(batch)
         except Exception as exc:
@@ -149,6 +153,7 @@ async def _write(sink: Sink, batch: list[Event], health: SinkHealth, max_attempt
             continue
         if health.state == "failing":
             LOGGER.warning("sink.recovered sink=%s after_errors=%d", sink.name, health.errors)
+        SINK_BATCH_SECONDS.labels(sink.name).observe(time.perf_counter() - started)
         health.state = "ok"
         health.batches += 1
         health.events += len(batch)

@@ -74,6 +74,16 @@ _RETRYABLE: Final = (
 Message = tuple[str, bytes, dict[str, str] | None]
 
 
+class NatsLoopMissing(SinkError):
+    """The sink was driven without its trio-asyncio loop (bare ``run_sink``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the NATS sink must be run with NatsSink.run (mdd.sinks.sink_runner), "
+            "which opens its trio-asyncio loop; bare run_sink cannot call nats-py"
+        )
+
+
 class JetStreamUnavailable(SinkError):
     """JetStream was requested but the server does not offer it."""
 
@@ -179,7 +189,14 @@ class NatsSink:
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect (waiting as long as it takes) and, with JetStream, ensure the stream."""
+        """Connect (waiting as long as it takes) and, with JetStream, ensure the stream.
+
+        Raises:
+            NatsLoopMissing: called outside :meth:`run` (no trio-asyncio loop).
+            JetStreamUnavailable: JetStream requested, the server has none.
+        """
+        if trio_asyncio.current_loop.get() is None:
+            raise NatsLoopMissing()
         if self.nc is None or self.nc.is_closed:
             self.nc = NatsClient()
             await self._connect()

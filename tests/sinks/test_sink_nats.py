@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 from nats.aio.client import Client as NatsClient
 
@@ -242,3 +243,17 @@ async def test_jetstream_unavailable_says_how_to_start_it(
     lines = [r.getMessage() for r in caplog.records if "nats-server -js" in r.getMessage()]
     assert lines
     assert "JetStream is not available" in lines[0]
+
+
+async def test_bare_run_sink_is_refused_clearly(autojump_clock: trio.testing.MockClock) -> None:
+    from mdd.sinks import run_sink
+
+    bus = Bus()
+    inbox = bus.add_sink("nats", 10)
+    health = SinkHealth("nats")
+    sink = NatsSink("nats://127.0.0.1:1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_sink, sink, inbox, health)
+        await trio.sleep(1)
+        assert "NatsSink.run" in health.last_error
+        nursery.cancel_scope.cancel()
