@@ -27,12 +27,11 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import FIXTURES
 
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers import alpaca, binance, bybit
 from mdd.providers._parse import Control
-
-from conftest import FIXTURES
 
 pytestmark = pytest.mark.skipif(
     not (FIXTURES / "binance.jsonl").exists(), reason="../shared/fixtures not present"

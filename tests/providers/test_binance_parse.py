@@ -1,0 +1,188 @@
+"""Binance parser: every message type, from frames in tests/data/binance/frames.jsonl."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from conftest import DATA
+
+from mdd.errors import ParseError
+from mdd.events import BookEvent, QuoteEvent, TradeEvent
+from mdd.providers._parse import Control
+from mdd.providers.binance import MICROSECONDS, parse, stream_names
+
+FRAMES = {
+    (row := orjson.loads(line))["id"]: row["raw"]
+    for line in (DATA / "binance" / "frames.jsonl").read_bytes().splitlines()
+}
+RECV = 1_800_000_000_000_000_000
+
+
+def one(case: str, **kwargs: object) -> object:
+    (item,) = parse(FRAMES[case], RECV, "bn", **kwargs)  # type: ignore[arg-type]
+    return item
+
+
+def test_trade_buyer_is_maker_means_aggressor_sold() -> None:
+    t = one("trade_buyer_maker")
+    assert t == TradeEvent(
+        "bn", "BTCUSDT", 1790649901913_000_000, RECV, 83034.29, 0.00062, "sell", "6720857582"
+    )
+
+
+def test_trade_taker_buy() -> None:
+    t = one("trade_taker_buy")
+    assert isinstance(t, TradeEvent)
+    assert (t.side, t.price, t.qty, t.ts_exchange) == ("buy", 83034.3, 1.5, 1790649901919_000_000)
+
+
+def test_trade_numbers_as_json_numbers() -> None:
+    t = one("trade_json_numbers")
+    assert isinstance(t, TradeEvent)
+    assert (t.symbol, t.price, t.qty, t.trade_id) == ("ETHUSDT", 2500.25, 3.0, "42")
+
+
+def test_trade_without_trade_time_falls_back_to_event_time() -> None:
+    t = one("trade_no_T")
+    assert isinstance(t, TradeEvent)
+    assert t.ts_exchange == 1790649901920_000_000
+
+
+def test_trade_without_any_time_has_no_exchange_time() -> None:
+    t = one("trade_no_times")
+    assert isinstance(t, TradeEvent)
+    assert t.ts_exchange is None
+    assert t.ts_recv == RECV
+
+
+def test_trade_id_beyond_2_53_stays_exact() -> None:
+    t = one("trade_big_id")
+    assert isinstance(t, TradeEvent)
+    assert t.trade_id == "9007199254740993"
+
+
+def test_agg_trade_uses_aggregate_id() -> None:
+    t = one("agg_trade")
+    assert isinstance(t, TradeEvent)
+    assert (t.trade_id, t.side, t.ts_exchange) == ("3821253461", "sell", 1769224657583_000_000)
+
+
+def test_micro_time_unit() -> None:
+    t = one("trade_buyer_maker", time_unit_ns=MICROSECONDS)
+    assert isinstance(t, TradeEvent)
+    assert t.ts_exchange == 1790649901913_000
+
+
+def test_book_ticker_has_no_exchange_time() -> None:
+    q = one("book_ticker")
+    assert q == QuoteEvent("bn", "BTCUSDT", None, RECV, 89879.78, 4.93986, 89879.79, 2.11027)
+
+
+def test_book_ticker_with_futures_style_time() -> None:
+    q = one("book_ticker_with_T")
+    assert isinstance(q, QuoteEvent)
+    assert q.ts_exchange == 1646199228121_000_000
+
+
+def test_depth_update_is_a_delta_with_update_ids() -> None:
+    b = one("depth_update")
+    assert b == BookEvent(
+        "bn",
+        "BTCUSDT",
+        1672515782136_000_000,
+        RECV,
+        ((0.0024, 10.0), (0.0023, 0.0)),
+        ((0.0026, 100.0),),
+        False,
+        157,
+        160,
+        None,
+    )
+
+
+def test_depth_update_with_empty_sides() -> None:
+    b = one("depth_update_empty")
+    assert isinstance(b, BookEvent)
+    assert (b.bids, b.asks, b.first_update_id, b.last_update_id) == ((), (), 161, 161)
+
+
+def test_partial_depth_takes_symbol_from_stream() -> None:
+    b = one("partial_depth")
+    assert isinstance(b, BookEvent)
+    assert (b.symbol, b.is_snapshot, b.last_update_id, b.ts_exchange) == (
+        "BNBUSDT",
+        True,
+        13919791373,
+        None,
+    )
+
+
+def test_partial_depth_raw_needs_the_stream_name() -> None:
+    with pytest.raises(ParseError, match="stream"):
+        parse(FRAMES["partial_depth_raw"], RECV)
+    (b,) = parse(FRAMES["partial_depth_raw"], RECV, stream="bnbbtc@depth5")
+    assert isinstance(b, BookEvent)
+    assert b.symbol == "BNBBTC"
+
+
+def test_server_shutdown_is_a_control() -> None:
+    c = one("server_shutdown")
+    assert c == Control("server_shutdown", "bn", ts_exchange=1770123456789_000_000)
+
+
+def test_subscribe_ack() -> None:
+    assert one("ack") == Control("command_ack", "bn", request_id=1, data=None)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message", "request_id"),
+    [
+        ("error_nested", 2, "Invalid request: invalid stream", 2),
+        ("error_flat", 1, "Invalid value type: expected Boolean", None),
+    ],
+)
+def test_errors_flat_and_nested(case: str, code: int, message: str, request_id: int | None) -> None:
+    c = one(case)
+    assert isinstance(c, Control)
+    assert (c.kind, c.code, c.message, c.request_id) == ("error", code, message, request_id)
+
+
+@pytest.mark.parametrize("case", ["unknown_kline", "unknown_shape"])
+def test_unknown_types_are_flagged(case: str) -> None:
+    c = one(case)
+    assert isinstance(c, Control)
+    assert c.kind == "unknown"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage_text",
+        "garbage_truncated",
+        "garbage_array",
+        "trade_missing_price",
+        "trade_bad_price",
+        "trade_nan_price",
+        "trade_negative_price",
+        "trade_m_not_bool",
+        "trade_T_string",
+        "depth_bad_level",
+    ],
+)
+def test_malformed_frames_raise_parse_error(case: str) -> None:
+    with pytest.raises(ParseError):
+        parse(FRAMES[case], RECV)
+
+
+def test_bytes_frames_parse_too() -> None:
+    (t,) = parse(FRAMES["trade_taker_buy"].encode(), RECV)
+    assert isinstance(t, TradeEvent)
+
+
+def test_stream_names_lower_case_per_channel() -> None:
+    assert stream_names(("BTCUSDT",), ("trade", "quote", "book")) == [
+        "btcusdt@trade",
+        "btcusdt@bookTicker",
+        "btcusdt@depth@100ms",
+    ]
+    assert stream_names(("ETHUSDT",), ("book",), 1000) == ["ethusdt@depth"]
