@@ -16,8 +16,9 @@ nursery, and evaluates health every ``check_interval`` seconds:
   been ``up`` for ``recover_after`` seconds without a break, the primary becomes
   active again and on-demand backups are cancelled.
 * **Stale restarts.** A running provider that is connected but silent for
-  ``stale_after`` is restarted by its runner (through the backoff), so a silent
-  venue is retried, not just waited for.
+  ``stale_after + failover_after`` (when it counts as failed) is restarted by
+  its runner through the backoff, so a silent venue is retried, not just
+  waited for.
 
 Both edges are time-hysteresis: a primary that flaps faster than
 ``failover_after`` never causes a switch away from it, and one that flaps
@@ -234,6 +235,10 @@ class FailoverSupervisor(FeedSupervisor):
         now = trio.current_time() if now is None else now
         fo = self.settings
         horizon = now - (fo.stale_after + fo.failover_after + 2 * fo.check_interval)
+        # A silent provider is restarted once it counts as failed (when the feed
+        # fails over), not at the first sign: shorter outages stay within the
+        # failover hysteresis, and the restart backoff does not lengthen them.
+        restart_after = fo.stale_after + fo.failover_after
         for name, runner in self.runners.items():
             gate = runner.gate
             gate.dedup.expire(now)
@@ -258,14 +263,14 @@ class FailoverSupervisor(FeedSupervisor):
                     track.up_since = now
             else:
                 track.up_since = None
-            if health.stale(fo.stale_after, now) and runner.restart(
-                f"no data for {fo.stale_after:g}s"
+            if health.stale(restart_after, now) and runner.restart(
+                f"no data for {restart_after:g}s"
             ):
                 LOGGER.warning(
-                    "feed.provider_stale feed=%s provider=%s stale_after=%.1f action=restart",
+                    "feed.provider_stale feed=%s provider=%s silent=%.1f action=restart",
                     self.feed.name,
                     name,
-                    fo.stale_after,
+                    restart_after,
                 )
         self._decide(now)
 
@@ -280,7 +285,10 @@ class FailoverSupervisor(FeedSupervisor):
             if bad_for >= fo.failover_after:
                 target = self._pick_backup(active)
                 if target is not None:
-                    _state, why = self.runners[active].health.state(fo.stale_after, now)
+                    health = self.runners[active].health
+                    _state, why = health.state(fo.stale_after, now)
+                    if health.last_error and health.last_error not in why:
+                        why = f"{why} (last error: {health.last_error})"
                     self._switch(target, f"{active} unhealthy for {bad_for:.1f}s: {why}")
                 return
         if active != self.primary and self.pinned is None:

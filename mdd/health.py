@@ -72,6 +72,9 @@ class ProviderHealth:
         self.parse_errors = 0
         self.reconnects = 0
         self.restarts = 0
+        #: Restarts the supervisor asked for (a stale provider), part of ``restarts``:
+        #: they are not connection churn, so the window counts leave them out.
+        self.requested_restarts = 0
         self.last_error = ""
         self.active = False
         #: The provider has a task (False for an on-demand backup not started yet).
@@ -103,9 +106,7 @@ class ProviderHealth:
         """Snapshot the counters, dropping snapshots older than ``window``."""
         now = trio.current_time() if now is None else now
         samples = self._samples
-        samples.append(
-            HealthSample(now, self.reconnects + self.restarts, self.messages, self.parse_errors)
-        )
+        samples.append(HealthSample(now, self._churn(), self.messages, self.parse_errors))
         # Keep one sample at or before the window start as the baseline.
         while len(samples) > 1 and samples[1].at <= now - window:
             samples.popleft()
@@ -113,10 +114,13 @@ class ProviderHealth:
     def _baseline(self) -> HealthSample | None:
         return self._samples[0] if self._samples else None
 
+    def _churn(self) -> int:
+        return self.reconnects + self.restarts - self.requested_restarts
+
     def reconnects_in_window(self) -> int:
-        """Reconnects plus restarts since the oldest sample in the window."""
+        """Reconnects plus crash restarts since the oldest sample in the window."""
         base = self._baseline()
-        total = self.reconnects + self.restarts
+        total = self._churn()
         return total if base is None else total - base.reconnects
 
     def parse_error_rate(self) -> float:
@@ -150,11 +154,11 @@ class ProviderHealth:
             return False
         return now - self.last_data < stale_after
 
-    def stale(self, stale_after: float, now: float | None = None) -> bool:
-        """Connected (the socket is open) but no data for ``stale_after`` seconds."""
+    def stale(self, silent_for: float, now: float | None = None) -> bool:
+        """Connected (the socket is open) but no data in this run for ``silent_for`` seconds."""
         now = trio.current_time() if now is None else now
         age = self._data_age(now)
-        return self.running and self.connected and age is not None and age >= stale_after
+        return self.running and self.connected and age is not None and age >= silent_for
 
     def state(self, stale_after: float, now: float | None = None) -> tuple[str, str]:
         """(``up`` | ``degraded`` | ``down``, reason)."""

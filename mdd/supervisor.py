@@ -259,6 +259,7 @@ class ProviderRunner:
                     await provider.run(self.gate)
                 if (asked := self._take_restart_reason()) is not None:
                     reason = health.last_error = asked
+                    health.requested_restarts += 1
             except Exception as exc:
                 reason = f"crashed: {type(exc).__name__}: {exc}"
                 health.last_error = reason
