@@ -25,9 +25,10 @@ import logging
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import attrs
+import orjson
 import trio
 
 from .errors import MddError
@@ -744,6 +745,219 @@ async def flush_forever(keeper: BookKeeper, publish: Callable[[Event], None]) ->
         for event in out:
             publish(event)
         out.clear()
+
+
+def feed_books(
+    keeper: BookKeeper, items: list[Any], now: float
+) -> tuple[list[Any], list[tuple[str, SyncResult]]]:
+    """Pass a parsed frame's ``BookEvent`` items through ``keeper``.
+
+    Other items (trades, quotes, controls) keep their place; each venue book
+    message is replaced by what the keeper publishes (throttled top-N
+    snapshots, quotes, gap statuses). Frames without book messages are
+    returned as they are (no copy).
+
+    Returns:
+        ``(items, actions)``: the items to publish and, per symbol, the
+        :class:`NeedSnapshot` / :class:`Gap` results the provider must act on.
+    """
+    for item in items:
+        if type(item) is BookEvent:
+            break
+    else:
+        return items, []
+    out: list[Any] = []
+    actions: list[tuple[str, SyncResult]] = []
+    for item in items:
+        if type(item) is BookEvent:
+            result = keeper.feed(item, now, out)
+            if type(result) is NeedSnapshot or type(result) is Gap:
+                actions.append((item.symbol, result))
+        else:
+            out.append(item)
+    return out, actions
+
+
+class SnapshotError(MddError):
+    """A REST depth snapshot could not be fetched or read (the fetcher retries).
+
+    ``retry_after`` is the venue's ``Retry-After`` (seconds) when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+#: Binance request weight of ``/api/v3/depth`` by ``limit`` (upper bound, weight).
+DEPTH_WEIGHTS: Final = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+#: Binance's REST request-weight budget per minute (per IP).
+WEIGHT_PER_MINUTE: Final = 6000
+
+
+def depth_weight(limit: int) -> int:
+    """Request weight Binance charges for ``/api/v3/depth?limit=``."""
+    for upper, weight in DEPTH_WEIGHTS:
+        if limit <= upper:
+            return weight
+    return DEPTH_WEIGHTS[-1][1]
+
+
+class DepthSnapshotFetcher:
+    """Fetches Binance REST depth snapshots for the symbols a :class:`BookKeeper` needs.
+
+    The provider calls :meth:`request` (synchronous, from its parse path) on
+    :class:`NeedSnapshot` / :class:`Gap`; :meth:`run` (a task in the
+    provider's nursery) fetches ``GET {rest_url}/api/v3/depth?symbol=S&limit=N``
+    with one ``httpx.AsyncClient``, feeds the snapshot to the keeper and
+    publishes what it produces. The WebSocket is never touched: a resync is
+    only a new snapshot.
+
+    Error handling: HTTP errors, bad JSON and timeouts raise nothing out of
+    :meth:`run`; the symbol is retried with capped exponential backoff. HTTP
+    429/418 honour ``Retry-After``. Request weight is budgeted (token bucket of
+    :data:`WEIGHT_PER_MINUTE`) so a resync storm cannot get the IP banned.
+
+    Args:
+        keeper: the provider's keeper (venue ``binance``).
+        rest_url: base URL, e.g. ``https://api.binance.com``.
+        limit: levels requested (Binance allows up to 5000).
+        timeout: per-request timeout, seconds.
+        too_old_delay: wait before refetching a snapshot older than the buffered stream.
+    """
+
+    def __init__(
+        self,
+        keeper: BookKeeper,
+        rest_url: str,
+        *,
+        limit: int = 5000,
+        timeout: float = 10.0,
+        too_old_delay: float = 0.25,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.keeper = keeper
+        self.rest_url = rest_url.rstrip("/")
+        self.limit = limit
+        self.timeout = timeout
+        self.too_old_delay = too_old_delay
+        self.max_backoff = max_backoff
+        self._pending: dict[str, None] = {}
+        self._wake = trio.Event()
+        self._weight = float(WEIGHT_PER_MINUTE)
+        self._weight_at = 0.0
+        self.fetched = 0
+        self.failures = 0
+
+    def request(self, symbol: str) -> None:
+        """Ask for a snapshot of ``symbol`` (deduplicated; never blocks)."""
+        self._pending[symbol] = None
+        self._wake.set()
+
+    @property
+    def pending(self) -> list[str]:
+        """Symbols waiting for a snapshot."""
+        return list(self._pending)
+
+    async def _budget(self, weight: int) -> None:
+        rate = WEIGHT_PER_MINUTE / 60.0
+        now = trio.current_time()
+        self._weight = min(WEIGHT_PER_MINUTE, self._weight + (now - self._weight_at) * rate)
+        self._weight_at = now
+        if self._weight < weight:
+            await trio.sleep((weight - self._weight) / rate)
+            self._weight = float(weight)
+            self._weight_at = trio.current_time()
+        self._weight -= weight
+
+    async def fetch(self, client: Any, symbol: str) -> BookEvent:
+        """One snapshot of ``symbol`` as a ``BookEvent(is_snapshot=True)``.
+
+        Raises:
+            SnapshotError: transport error, non-200 status, or a malformed body.
+        """
+        import httpx
+
+        await self._budget(depth_weight(self.limit))
+        url = f"{self.rest_url}/api/v3/depth"
+        try:
+            response = await client.get(
+                url, params={"symbol": symbol, "limit": str(self.limit)}, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise SnapshotError(f"{symbol}: GET {url} failed: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            retry = response.headers.get("retry-after")
+            raise SnapshotError(
+                f"{symbol}: GET {url} answered HTTP {response.status_code}: {response.text[:200]}",
+                retry_after=float(retry) if retry and retry.isdigit() else None,
+            )
+        try:
+            body = orjson.loads(response.content)
+            bids = tuple([(float(p), float(q)) for p, q in body["bids"]])
+            asks = tuple([(float(p), float(q)) for p, q in body["asks"]])
+            last = body["lastUpdateId"]
+            if type(last) is not int:
+                raise TypeError(f"lastUpdateId {last!r}")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"{symbol}: malformed depth snapshot: {exc}") from None
+        return BookEvent(self.keeper.provider, symbol, None, now_ns(), bids, asks, True, None, last)
+
+    async def run(
+        self,
+        publish: Callable[[Event], None],
+        *,
+        client: Any = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Fetch requested snapshots forever, publishing the keeper's output."""
+        import httpx
+
+        own = client is None
+        http = httpx.AsyncClient() if own else client
+        backoff = 0.0
+        try:
+            task_status.started()
+            while True:
+                if not self._pending:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                symbol = next(iter(self._pending))
+                del self._pending[symbol]
+                try:
+                    event = await self.fetch(http, symbol)
+                except SnapshotError as exc:
+                    self.failures += 1
+                    backoff = min(self.max_backoff, max(0.5, backoff * 2))
+                    delay = exc.retry_after or backoff
+                    LOGGER.warning("book.snapshot_failed error=%s retry_in=%.2f", exc, delay)
+                    self._pending[symbol] = None
+                    await trio.sleep(delay)
+                    continue
+                backoff = 0.0
+                self.fetched += 1
+                out: list[Event] = []
+                result = self.keeper.feed(event, trio.current_time(), out)
+                for item in out:
+                    publish(item)
+                if type(result) is NeedSnapshot:
+                    LOGGER.info("book.snapshot_refetch symbol=%s reason=%s", symbol, result.reason)
+                    await trio.sleep(self.too_old_delay)
+                    self.request(symbol)
+                elif type(result) is Gap:
+                    self.request(symbol)
+                elif type(result) is Applied:
+                    LOGGER.info(
+                        "book.synced provider=%s symbol=%s update_id=%s",
+                        self.keeper.provider,
+                        symbol,
+                        event.last_update_id,
+                    )
+        finally:
+            if own:
+                with trio.CancelScope(shield=True):
+                    await http.aclose()
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import math
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import trio
 
+from ..books import BookKeeper, feed_books, flush_forever
 from ..errors import SubscribeError
 from ..events import BookEvent, QuoteEvent, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
@@ -30,6 +32,7 @@ from ._ws import Plan, WsProvider
 if TYPE_CHECKING:
     from ._parse import Parsed
     from ._ws import Session
+    from .base import Outlet
 
 LOGGER = logging.getLogger("mdd.providers.bybit")
 
@@ -225,6 +228,11 @@ class BybitProvider(WsProvider):
     The subscription counts as done when every request is acknowledged; a
     rejected one raises :class:`~mdd.errors.SubscribeError` with the venue's
     message, and the loop backs off and retries.
+
+    With the ``book`` channel, ``orderbook.{book_depth}`` keeps a local L2 book
+    per symbol (:mod:`mdd.books`: snapshot resets, ``u`` chaining, ``seq``);
+    what is published is a throttled top-N ``BookEvent`` snapshot, and a gap
+    resubscribes the topic to get a new snapshot.
     """
 
     kind = "bybit"
@@ -233,6 +241,22 @@ class BybitProvider(WsProvider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.keepalive_interval = self.config.ping_interval
+        self.books: BookKeeper | None = None
+        if "book" in self.channels and self.config.book_depth != 1:
+            self.books = BookKeeper(self.name, "bybit")
+        self._resubscribes = 0
+
+    async def run(
+        self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The shared loop, plus the throttled book flushes."""
+        if self.books is None:
+            await super().run(outlet, task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush_forever, self.books, outlet.publish)
+            await super().run(outlet, task_status=task_status)
+            nursery.cancel_scope.cancel("provider run ended")
 
     def plans(self) -> list[Plan]:
         """One connection carrying every topic."""
@@ -240,8 +264,14 @@ class BybitProvider(WsProvider):
         return [Plan(self.config.url, self.symbols, tuple(args))]
 
     def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
-        """The module's :func:`parse`."""
-        return parse(raw, ts_recv, self.name)
+        """The module's :func:`parse`; book messages go through the books."""
+        items = parse(raw, ts_recv, self.name)
+        if self.books is not None:
+            items, actions = feed_books(self.books, items, trio.current_time())
+            for symbol, _ in actions:
+                # A gap: on_control resubscribes the topic (it may await the send).
+                items.append(Control("book_resync", self.name, symbol=symbol))
+        return items
 
     def keepalive_message(self) -> Any:
         """Bybit's client heartbeat."""
@@ -249,6 +279,9 @@ class BybitProvider(WsProvider):
 
     async def on_open(self, session: Session) -> None:
         """Send the subscribe requests, 10 args each; acks are counted in :meth:`on_control`."""
+        if self.books is not None:
+            for symbol in session.plan.symbols:
+                self.books.reset(symbol)  # a new connection starts from a new snapshot
         requests = subscribe_requests(list(session.plan.topics))
         pending = {r["req_id"] for r in requests}
         session.state["pending"] = pending
@@ -258,7 +291,9 @@ class BybitProvider(WsProvider):
     async def on_control(self, session: Session, ctl: Control) -> None:
         """Count subscribe acks; a rejected subscribe ends the session."""
         pending: set[str] = session.state.get("pending", set())
-        if ctl.kind == "subscribed":
+        if ctl.kind == "book_resync" and ctl.symbol is not None:
+            await self.resubscribe_book(session, ctl.symbol)
+        elif ctl.kind == "subscribed":
             if ctl.request_id in pending:
                 pending.discard(ctl.request_id)
             elif pending:
@@ -275,3 +310,14 @@ class BybitProvider(WsProvider):
                 )
                 raise SubscribeError(self.name, ctl.message)
             self.venue_error(session.plan, ctl)
+
+    async def resubscribe_book(self, session: Session, symbol: str) -> None:
+        """Unsubscribe and subscribe ``orderbook.{book_depth}.{symbol}``: the venue then
+        sends a fresh snapshot, which resets the book (the WebSocket stays open).
+        """
+        topic = f"orderbook.{self.config.book_depth}.{symbol}"
+        self._resubscribes += 1
+        n = self._resubscribes
+        LOGGER.info("bybit.book_resubscribe provider=%s topic=%s", self.name, topic)
+        await session.send({"req_id": f"resync-u{n}", "op": "unsubscribe", "args": [topic]})
+        await session.send({"req_id": f"resync-s{n}", "op": "subscribe", "args": [topic]})
