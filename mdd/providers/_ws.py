@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from urllib.parse import urlsplit
 
 import attrs
 import orjson
@@ -117,26 +119,41 @@ class Transport(Protocol):
         """
 
 
+def _closed(exc: trio_websocket.ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:  # pragma: no cover - trio-websocket always sets one
+        return "connection closed"
+    return f"connection closed: code={reason.code} {reason.reason or reason.name}"
+
+
 class _TrioWebsocketConnection:
-    """A trio-websocket connection adapted to :class:`Connection`."""
+    """A trio-websocket connection adapted to :class:`Connection`.
 
-    __slots__ = ("_close_timeout", "_ws")
+    We open the TCP (or TLS) stream ourselves and keep it: trio-websocket's
+    reader task does not close its stream when cancelled, so :meth:`aclose`
+    closes it explicitly after the (bounded) close handshake.
+    """
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, close_timeout: float) -> None:
+    __slots__ = ("_close_timeout", "_stream", "_ws")
+
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, stream: _Stream, close_timeout: float
+    ) -> None:
         self._ws = ws
+        self._stream = stream
         self._close_timeout = close_timeout
 
     async def get_message(self) -> str | bytes:
         try:
             return await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed: {exc.reason}") from None
+            raise ConnectionLost(_closed(exc)) from None
 
     async def send_message(self, message: str | bytes) -> None:
         try:
             await self._ws.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed: {exc.reason}") from None
+            raise ConnectionLost(_closed(exc)) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError) as exc:
             raise ConnectionLost(f"send failed: {type(exc).__name__}") from None
 
@@ -147,6 +164,11 @@ class _TrioWebsocketConnection:
                 await self._ws.aclose()
             except (OSError, trio.BrokenResourceError, trio_websocket.ConnectionClosed):
                 pass
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @attrs.define
@@ -160,23 +182,48 @@ class TrioWebsocketTransport:
 
     async def connect(self, nursery: trio.Nursery, url: str) -> Connection:
         """Open ``url`` with a timeout; the reader task runs in ``nursery``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ConnectFailed(f"not a ws:// or wss:// URL: {url!r}")
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        host = parts.hostname
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        header_host = host if port in (80, 443) else f"{host}:{port}"
+        stream: _Stream | None = None
         try:
             with trio.fail_after(self.connect_timeout):
-                ws = await trio_websocket.connect_websocket_url(
+                if secure:
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(host, port)
+                ws = await trio_websocket.wrap_client_stream(
                     nursery,
-                    url,
+                    stream,
+                    header_host,
+                    resource,
                     message_queue_size=self.message_queue_size,
                     max_message_size=self.max_message_size,
                 )
-        except trio.TooSlowError:
-            raise ConnectFailed(f"connect timed out after {self.connect_timeout:g}s") from None
-        except trio_websocket.ConnectionRejected as exc:
-            raise ConnectFailed(f"handshake rejected: HTTP {exc.status_code}") from None
-        except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
-            raise ConnectFailed(f"handshake failed: {type(exc).__name__}") from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise ConnectFailed(f"connect failed: {type(exc).__name__}: {exc}") from None
-        return _TrioWebsocketConnection(ws, self.close_timeout)
+        except BaseException as exc:
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+            match exc:
+                case trio.TooSlowError():
+                    raise ConnectFailed(
+                        f"connect timed out after {self.connect_timeout:g}s"
+                    ) from None
+                case trio_websocket.ConnectionRejected():
+                    raise ConnectFailed(f"handshake rejected: HTTP {exc.status_code}") from None
+                case trio_websocket.HandshakeError() | trio_websocket.ConnectionClosed():
+                    raise ConnectFailed(f"handshake failed: {type(exc).__name__}") from None
+                case OSError() | trio.BrokenResourceError():
+                    raise ConnectFailed(f"connect failed: {type(exc).__name__}: {exc}") from None
+            raise
+        return _TrioWebsocketConnection(ws, stream, self.close_timeout)
 
 
 def make_transport(name: str | None) -> Transport:

@@ -1,0 +1,49 @@
+"""Test rig for provider integration tests: a real Bus, a FeedGate and a collecting sink."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from mdd.bus import Bus
+from mdd.config import ProviderConfig
+from mdd.events import Event, StatusEvent
+from mdd.health import ProviderHealth
+from mdd.supervisor import FeedGate
+
+
+class Rig:
+    """Bus + active FeedGate + a task collecting every event the bus delivers."""
+
+    def __init__(self, name: str) -> None:
+        self.bus = Bus()
+        self.inbox = self.bus.add_sink("collect", 100_000)
+        self.gate = FeedGate(self.bus, name, active=True)
+        self.health = ProviderHealth(name)
+        self.events: list[Event] = []
+
+    async def collect(self) -> None:
+        while True:
+            self.events.extend(await self.inbox.receive_batch())
+
+    def of(self, kind: str) -> list[Any]:
+        return [e for e in self.events if e.type == kind]
+
+    def statuses(self) -> list[str]:
+        return [e.status for e in self.events if isinstance(e, StatusEvent)]
+
+    def counts(self) -> collections.Counter[str]:
+        return collections.Counter(e.type for e in self.events)
+
+
+def config(kind: str, url: str, **kwargs: Any) -> ProviderConfig:
+    return ProviderConfig(name=kind, kind=kind, url=url, **kwargs)
+
+
+async def until(predicate: Callable[[], bool], step: float = 0.05) -> None:
+    """Poll ``predicate`` (callers cap the wait with ``trio.fail_after``)."""
+    while not predicate():
+        await trio.sleep(step)
