@@ -8,13 +8,11 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from prov_rig import Rig, config, until
 
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers.binance import BinanceProvider
 from mdd.sim import SimOptions, serve_sim
-from prov_rig import Rig, config, until
-
-pytest.importorskip("mdd.sim")
 
 
 async def _start(nursery: trio.Nursery, rig: Rig, sim: SimOptions, **kw: object) -> tuple:
@@ -45,7 +43,8 @@ async def test_end_to_end_into_the_bus(autojump_clock: trio.testing.MockClock) -
     sent = [tid for sym, tid in server.sent_trades]
     assert [t.trade_id for t in trades] == sent[: len(trades)]
     quotes = rig.of("quote")
-    assert quotes and all(isinstance(q, QuoteEvent) and q.ts_exchange is None for q in quotes)
+    assert quotes
+    assert all(isinstance(q, QuoteEvent) and q.ts_exchange is None for q in quotes)
     books = rig.of("book")
     assert all(isinstance(b, BookEvent) and not b.is_snapshot for b in books)
     assert all(
@@ -181,4 +180,5 @@ def test_default_lifetime_is_under_24_hours() -> None:
     provider = BinanceProvider(
         config("binance", "ws://127.0.0.1:1"), ("BTCUSDT",), ("trade",), Rig("b").health
     )
-    assert provider.max_lifetime is not None and provider.max_lifetime < 24 * 3600
+    assert provider.max_lifetime is not None
+    assert provider.max_lifetime < 24 * 3600
