@@ -291,3 +291,30 @@ async def test_cli_runs_and_stops_on_sigterm(nats_server_session, tmp_path: Path
     text = log.read_bytes().decode()
     assert proc.returncode == 0, text
     assert "consumer.stopped" in text
+
+
+async def test_reconnects_after_nats_restart(nats_server) -> None:
+    """The server goes away and comes back on the same port: health follows, data resumes."""
+    url = nats_server.url
+    svc = ConsumerService(consumer_config(url, **{"nats.queue_group": "e2e-restart"}))
+    now = time.time_ns()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            async with nats_client(url) as nc:
+                await publish(nc, trades("BTCUSDT", now, [100.0]))
+            await wait_for(lambda: svc.consumed["trade"] == 1)
+            await trio.to_thread.run_sync(nats_server.kill)
+            await wait_for(lambda: not svc.nats.connected)
+            async with httpx.AsyncClient(base_url=svc.http_binds[0]) as client:
+                assert (await client.get("/health")).status_code == 503
+            await trio.to_thread.run_sync(nats_server.start)
+            await wait_for(lambda: svc.nats.connected, seconds=15)
+            async with nats_client(url) as nc:
+                # Retry: the resubscription may reach the server just after our publish.
+                while svc.consumed["trade"] < 2:
+                    await publish(nc, trades("BTCUSDT", now + NS, [101.0]))
+                    await trio.sleep(0.05)
+            assert svc.nats.reconnects == 1
+            assert svc.latest_features["BTCUSDT"].last_price == 101.0
+            svc.request_stop()
