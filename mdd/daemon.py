@@ -27,7 +27,7 @@ import trio
 from .bus import Bus
 from .events import SYSTEM_SYMBOL, HeartbeatEvent, now_ns
 from .failover import FailoverSupervisor
-from .sinks import SinkHealth, build_sinks, run_sink
+from .sinks import SinkHealth, build_sinks, sink_runner
 
 if TYPE_CHECKING:
     from .config import Config
@@ -144,7 +144,7 @@ class Daemon:
                     capacity = section.capacity or cfg.bus.capacity
                     inbox = self.bus.add_sink(sink.name, capacity, section.policy)
                     health = self.sink_health[sink.name] = SinkHealth(sink.name)
-                    await nursery.start(run_sink, sink, inbox, health)
+                    await nursery.start(sink_runner(sink), inbox, health)
                 task_status.started()
         finally:
             done.set()
