@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import signal
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -63,6 +64,9 @@ RECENT: Final = 20
 
 #: Event types that carry market data for a symbol (heartbeats and status do not).
 _MARKET_TYPES: Final = frozenset({"trade", "quote", "book"})
+
+#: Symbols the consumer accepts: they become one NATS subject token and a metric label.
+SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 
 
 class ConsumerService:
@@ -116,6 +120,7 @@ class ConsumerService:
             now: trio time (for the rate limiter and stale tracking).
         """
         t0 = time.perf_counter()
+        symbol_ok = SYMBOL_RE.fullmatch
         state = self.state
         touched: dict[str, Any] = {}
         counts: collections.Counter[str] = collections.Counter()
@@ -127,9 +132,13 @@ class ConsumerService:
                 errors += 1
                 continue
             kind = event.type
-            counts[kind] += 1
             if kind not in _MARKET_TYPES:
+                counts[kind] += 1
                 continue
+            if not symbol_ok(event.symbol):
+                errors += 1  # would not make a valid subject token: skip, as a bad payload
+                continue
+            counts[kind] += 1
             if isinstance(event, TradeEvent):
                 st = state.apply_trade(event, recv_ns, now)
             elif isinstance(event, QuoteEvent):
@@ -366,7 +375,7 @@ class ConsumerService:
             return
         failed = await self.nats.publish_batch(messages)
         ok = len(messages) - failed
-        if ok:
+        if ok:  # on a partial failure the split by stream is approximate
             by_stream = collections.Counter(self._stream_of(s) for s, _ in messages[:ok])
             for stream, n in by_stream.items():
                 self.metrics.published.labels(stream).inc(n)

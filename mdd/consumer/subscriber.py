@@ -309,15 +309,17 @@ class NatsSubscriber:
     async def _publish_all(self, messages: list[Message]) -> int:
         # asyncio side: nc.publish only buffers; the flusher task writes.
         publish = self._nc.publish
-        for i, (subject, payload) in enumerate(messages):
+        failed = 0
+        error = ""
+        for subject, payload in messages:
             try:
                 await publish(subject, payload)
             except Exception as exc:
-                LOGGER.warning(
-                    "nats.publish_failed error=%s dropped=%d", type(exc).__name__, len(messages) - i
-                )
-                return len(messages) - i
-        return 0
+                failed += 1
+                error = type(exc).__name__
+        if failed:
+            LOGGER.warning("nats.publish_failed error=%s dropped=%d", error, failed)
+        return failed
 
     async def close(self) -> None:
         """Flush and close the connection (shielded, bounded by :data:`CLOSE_TIMEOUT`)."""

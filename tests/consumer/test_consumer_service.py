@@ -169,3 +169,48 @@ async def test_stale_checker_and_releaser_on_mock_clock(autojump_clock) -> None:
         assert "senpai.alerts.stale" in published
         assert svc.health()[1]["stale_symbols"] == ["BTCUSDT"]
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("symbol", ["BTC.USDT", "BTC USDT", "BTC>", "", "X" * 65])
+def test_symbols_that_cannot_be_subject_tokens_are_skipped(symbol: str) -> None:
+    svc = make_service()
+    bad = trade(0, 100.0, sym=symbol)
+    svc.process_batch([msg(bad), msg(trade(1, 101.0))], now=0.0)
+    assert svc.parse_errors == 1
+    assert set(svc.state.symbols) == {"BTCUSDT"}
+    assert [s for s, _ in svc.publisher.take_outbox()] == ["senpai.features.BTCUSDT"]
+
+
+async def test_window_expiry_on_mock_clock(autojump_clock) -> None:
+    """A live-like feed stamped from the (virtual) clock: trades leave the window after 60 s."""
+    svc = make_service()
+
+    def stamp() -> float:
+        return trio.current_time()
+
+    async def tick(price: float, qty: float) -> None:
+        svc.process_batch([msg(trade(stamp(), price, qty))], trio.current_time())
+
+    await tick(100.0, 1.0)  # t = 0
+    await trio.sleep(30)
+    await tick(110.0, 3.0)  # t = 30
+    f = svc.latest_features["BTCUSDT"]
+    assert f.volume_60s == 4.0
+    assert f.vwap_60s == pytest.approx((100 + 330) / 4)
+    assert f.return_60s == pytest.approx(0.1)
+    assert f.return_10s == 0.0  # only the t=30 trade is in the last 10 s
+    await trio.sleep(30)
+    await tick(121.0, 1.0)  # t = 60: the t=0 trade has just left the (t-60, t] window
+    f = svc.latest_features["BTCUSDT"]
+    assert f.trades_60s == 2
+    assert f.volume_60s == 4.0
+    assert f.vwap_60s == pytest.approx((330 + 121) / 4)
+    assert f.return_60s == pytest.approx(0.1)
+    assert f.volatility_60s == 0.0  # one return left: 110 -> 121
+    await trio.sleep(45)
+    await tick(121.0, 2.0)  # t = 105: only t=60 and t=105 remain
+    f = svc.latest_features["BTCUSDT"]
+    assert f.trades_60s == 2
+    assert f.volume_60s == 3.0
+    assert f.return_60s == 0.0
+    assert svc.render_metrics().count(b'senpai_window_trades{symbol="BTCUSDT"} 2.0') == 1
