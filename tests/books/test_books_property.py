@@ -22,7 +22,7 @@ def apply_model(model: dict[float, float], changes: list[tuple[float, float]]) -
             model[price] = size
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(snapshot=st.tuples(levels, levels), stream=deltas, n=st.integers(0, 70))
 def test_random_deltas_match_reference_model(snapshot, stream, n):
     book = L2Book("p", "S")
