@@ -181,7 +181,13 @@ class TrioWebsocketTransport:
     max_message_size: int = MAX_MESSAGE_SIZE
 
     async def connect(self, nursery: trio.Nursery, url: str) -> Connection:
-        """Open ``url`` with a timeout; the reader task runs in ``nursery``."""
+        """Open ``url`` with a timeout; the reader task runs in ``nursery``.
+
+        trio-websocket reports a rejected handshake (HTTP 503, 429 ...) by
+        raising from its reader task, i.e. into the nursery. The reader runs
+        under a :class:`_ReaderHost` instead, which turns that into
+        :class:`ConnectFailed` here (or a closed connection later).
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ConnectFailed(f"not a ws:// or wss:// URL: {url!r}")
@@ -190,9 +196,12 @@ class TrioWebsocketTransport:
         host = parts.hostname
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         header_host = host if port in (80, 443) else f"{host}:{port}"
+        reader = _ReaderHost()
+        inner: trio.Nursery = await nursery.start(reader.run)
         stream: _Stream | None = None
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_after(self.connect_timeout), trio.CancelScope() as handshake:
+                reader.on_error = handshake.cancel
                 if secure:
                     stream = await trio.open_ssl_over_tcp_stream(
                         host, port, ssl_context=ssl.create_default_context(), https_compatible=True
@@ -200,30 +209,72 @@ class TrioWebsocketTransport:
                 else:
                     stream = await trio.open_tcp_stream(host, port)
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery,
+                    inner,
                     stream,
                     header_host,
                     resource,
                     message_queue_size=self.message_queue_size,
                     max_message_size=self.max_message_size,
                 )
+            reader.on_error = None
+            if reader.error is not None:
+                raise reader.error
         except BaseException as exc:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
-            match exc:
-                case trio.TooSlowError():
-                    raise ConnectFailed(
-                        f"connect timed out after {self.connect_timeout:g}s"
-                    ) from None
-                case trio_websocket.ConnectionRejected():
-                    raise ConnectFailed(f"handshake rejected: HTTP {exc.status_code}") from None
-                case trio_websocket.HandshakeError() | trio_websocket.ConnectionClosed():
-                    raise ConnectFailed(f"handshake failed: {type(exc).__name__}") from None
-                case OSError() | trio.BrokenResourceError():
-                    raise ConnectFailed(f"connect failed: {type(exc).__name__}: {exc}") from None
-            raise
+            raise _connect_failure(exc, self.connect_timeout) from None
+        assert stream is not None  # set before wrap_client_stream returned
         return _TrioWebsocketConnection(ws, stream, self.close_timeout)
+
+
+class _ReaderHost:
+    """Hosts trio-websocket's reader task and catches what it raises.
+
+    The reader raises ``ConnectionRejected`` and friends into its nursery;
+    here they end the host quietly (recorded in :attr:`error`, and
+    :attr:`on_error` called) instead of crashing the session nursery.
+    """
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.on_error: Any = None
+
+    async def run(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+        except* _READER_ERRORS as group:
+            self.error = group.exceptions[0]
+            if self.on_error is not None:
+                self.on_error()
+
+
+_READER_ERRORS: Final = (
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    LocalProtocolError,
+)
+
+
+def _connect_failure(exc: BaseException, timeout: float) -> BaseException:
+    """The :class:`ConnectFailed` for a failed connect (other exceptions unchanged)."""
+    match exc:
+        case trio.TooSlowError():
+            return ConnectFailed(f"connect timed out after {timeout:g}s")
+        case trio_websocket.ConnectionRejected():
+            return ConnectFailed(f"handshake rejected: HTTP {exc.status_code}")
+        case trio_websocket.HandshakeError() | trio_websocket.ConnectionClosed():
+            return ConnectFailed(f"handshake failed: {type(exc).__name__}")
+        case OSError() | trio.BrokenResourceError() | trio.ClosedResourceError():
+            return ConnectFailed(f"connect failed: {type(exc).__name__}: {exc}")
+        case LocalProtocolError():
+            return ConnectFailed(f"handshake failed: {exc}")
+    return exc
 
 
 def make_transport(name: str | None) -> Transport:
