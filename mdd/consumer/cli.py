@@ -117,12 +117,22 @@ def run_consumer(config: ConsumerConfig) -> int:
         forced, rest = group.split(SystemExit)
         if forced is not None and rest is None:
             return EXIT_FAILURE  # second signal: forced exit
-        LOGGER.error("consumer.failed error=%r", group)
+        LOGGER.error("consumer.failed error=%s", "; ".join(_leaves(group)))
         return EXIT_FAILURE
     except Exception as exc:  # the tree failed: report and exit 1
         LOGGER.error("consumer.failed error=%r", exc)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[str]:
+    out: list[str] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(f"{type(exc).__name__}: {exc}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

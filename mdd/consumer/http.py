@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 from urllib.parse import parse_qs
 
@@ -29,6 +30,8 @@ import hypercorn.config
 import hypercorn.trio
 import orjson
 import trio
+
+from ..errors import MddError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -157,6 +160,34 @@ class ConsumerApp:
         return _json(200, found)
 
 
+class HttpBindError(MddError):
+    """The HTTP endpoint cannot listen on the configured address."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail early and clearly when the address is taken (hypercorn would leak a socket).
+
+    Raises:
+        HttpBindError: the address cannot be bound.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise HttpBindError(host, port, str(exc)) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise HttpBindError(host, port, exc.strerror or str(exc)) from None
+
+
 async def serve_http(
     app: ConsumerApp,
     host: str,
@@ -169,7 +200,11 @@ async def serve_http(
 
     Calls ``task_status.started(binds)`` once listening, with the bound
     addresses (``["http://127.0.0.1:54321"]``), so ``port=0`` works.
+
+    Raises:
+        HttpBindError: the address is taken or invalid.
     """
+    _check_bind(host, port)
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
