@@ -21,6 +21,7 @@ emits a heartbeat per symbol every few seconds, as the seed system did.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
+from ..config import normalize_symbol
 from ..errors import AuthError, ProviderError, SubscribeError
 from ..events import BookEvent, HeartbeatEvent, QuoteEvent, StatusEvent, TradeEvent, now_ns
 from ._parse import PARSE_FAILURES, Control, bad_frame, rfc3339_ns
@@ -74,7 +76,13 @@ def _sym(item: dict[str, Any]) -> str:
     symbol = item["S"]
     if type(symbol) is not str or not symbol:
         raise TypeError(f"bad symbol {symbol!r}")
-    return symbol.replace("/", "") if "/" in symbol else symbol
+    return _normalized(symbol)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(symbol: str) -> str:
+    # ``BTC/USD`` -> ``BTCUSD``, ``BRK.B`` -> ``BRKB``: events carry the bare symbol.
+    return normalize_symbol(symbol)
 
 
 def _book_levels(raw: Any) -> tuple[Level, ...]:
@@ -217,7 +225,8 @@ class AlpacaProvider(WsProvider):
 
     def plans(self) -> list[Plan]:
         """One connection for every symbol."""
-        return [Plan(self.config.url, self.symbols, tuple(self._subscription()))]
+        symbols = tuple(normalize_symbol(s) for s in self.symbols)
+        return [Plan(self.config.url, symbols, tuple(self._subscription()))]
 
     def _subscription(self) -> dict[str, list[str]]:
         venue = [venue_symbol(s, self.crypto) for s in self.symbols]
@@ -295,13 +304,14 @@ class AlpacaProvider(WsProvider):
         health.subscribed = False
         health.last_error = f"dry_run: {reason}; heartbeats only, no connection"
         LOGGER.warning("alpaca.dry_run provider=%s reason=%r", self.name, reason)
+        symbols = [normalize_symbol(s) for s in self.symbols]
         ts = now_ns()
-        for symbol in self.symbols:
+        for symbol in symbols:
             outlet.publish(StatusEvent(self.name, symbol, None, ts, "down", health.last_error))
         started = False
         while True:
             ts = now_ns()
-            for symbol in self.symbols:
+            for symbol in symbols:
                 outlet.publish(HeartbeatEvent(self.name, symbol, None, ts, 0.0))
             if not started:
                 started = True

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from ..config import normalize_symbol
 from ..events import BookEvent, QuoteEvent, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
 from ._ws import Plan, Reconnect, WsProvider
@@ -223,7 +224,8 @@ class BinanceProvider(WsProvider):
 
     def plans(self) -> list[Plan]:
         """One combined-stream URL per ``max_streams_per_connection`` streams."""
-        names = stream_names(self.symbols, self.channels, self.config.depth_interval_ms)
+        symbols = tuple(normalize_symbol(s) for s in self.symbols)
+        names = stream_names(symbols, self.channels, self.config.depth_interval_ms)
         size = self.config.max_streams_per_connection
         base = self.config.url.rstrip("/")
         plans = []

@@ -24,6 +24,7 @@ import orjson
 import trio
 
 from ..books import BookKeeper, feed_books, flush_forever
+from ..config import normalize_symbol
 from ..errors import SubscribeError
 from ..events import BookEvent, QuoteEvent, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
@@ -260,8 +261,9 @@ class BybitProvider(WsProvider):
 
     def plans(self) -> list[Plan]:
         """One connection carrying every topic."""
-        args = topics(self.symbols, self.channels, self.config.book_depth)
-        return [Plan(self.config.url, self.symbols, tuple(args))]
+        symbols = tuple(normalize_symbol(s) for s in self.symbols)
+        args = topics(symbols, self.channels, self.config.book_depth)
+        return [Plan(self.config.url, symbols, tuple(args))]
 
     def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
         """The module's :func:`parse`; book messages go through the books."""
