@@ -230,8 +230,8 @@ class ProviderRunner:
         The failover supervisor uses it on a provider that is connected but sends
         nothing (a reconnect is what cures that). Returns False between runs.
         """
-        if self._scope is None:
-            return False
+        if self._scope is None or self._restart_reason is not None:
+            return False  # between runs, or a restart is already under way
         self._restart_reason = reason
         self._scope.cancel(reason)
         return True
