@@ -41,6 +41,11 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError("must be >= 0")
 
 
+def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 1:
+        raise ValueError("must be >= 1")
+
+
 def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError("must be a TCP port, 0..65535")
@@ -135,7 +140,7 @@ class PublishConfig:
     signals_prefix: str = attrs.field(default="senpai.signals", validator=_prefix)
     alerts_prefix: str = attrs.field(default="senpai.alerts", validator=_prefix)
     features_per_second: float = attrs.field(default=2.0, validator=_positive)
-    features_burst: float = attrs.field(default=1.0, validator=_positive)
+    features_burst: float = attrs.field(default=1.0, validator=_at_least_one)
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[signals]\ncooldown = 'soon'\n", "signals.cooldown", "expected a number"),
         ("[publish]\nfeatures_prefix = 'senpai.>'\n", "publish.features_prefix", "prefix"),
         ("[alerts]\nlatency_ms = -1\n", "alerts.latency_ms", "must be > 0"),
+        ("[publish]\nfeatures_burst = 0.5\n", "publish.features_burst", "must be >= 1"),
         ("nats = 3\n", "nats", "expected a table"),
     ],
 )

@@ -318,3 +318,24 @@ async def test_reconnects_after_nats_restart(nats_server) -> None:
             assert svc.nats.reconnects == 1
             assert svc.latest_features["BTCUSDT"].last_price == 101.0
             svc.request_stop()
+
+
+async def test_stop_drains_inbox_and_publishes(nats_server_session) -> None:
+    """What was received before the stop is processed and its results reach NATS."""
+    url = nats_server_session.url
+    svc = ConsumerService(
+        consumer_config(url, **{"nats.queue_group": "e2e-drain", "http.enabled": False})
+    )
+    now = time.time_ns()
+    with trio.fail_after(20):
+        async with nats_client(url) as nc:
+            out = await collect(nc, "senpai.features.DRAIN")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(svc.run)
+                for ev in trades("DRAIN", now, [10.0, 11.0, 12.0]):
+                    svc.inbox.offer(f"md.events.trade.{ev.symbol}", dumps(ev))
+                svc.request_stop("test")  # no checkpoint between the offers and the stop
+            await wait_for(lambda: len(out) == 1)
+    assert svc.consumed["trade"] == 3
+    assert out[0][1]["last_price"] == 12.0
+    assert out[0][1]["volume_60s"] == 3.0
