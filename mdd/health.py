@@ -164,7 +164,7 @@ class ProviderHealth:
         """(``up`` | ``degraded`` | ``down``, reason)."""
         now = trio.current_time() if now is None else now
         if not self.running:
-            return "down", "not running"
+            return "down", "not running (idle backup)"
         if not self.connected:
             return "down", self.last_error or "not connected"
         age = self._data_age(now)

@@ -7,7 +7,10 @@ period). A crash is contained here: it never reaches the daemon's root nursery.
 
 A :class:`FeedGate` sits between a provider and the bus: only the feed's active
 provider passes events on (a hot standby keeps its health fresh but publishes
-nothing). :class:`FeedSupervisor` owns the runners of one feed.
+nothing, and may buffer its trades for replay at a switch). Its
+:class:`DedupWindow` drops trades the previous provider already published
+after a same-venue switch. :class:`FeedSupervisor` owns the runners of one
+feed; :class:`mdd.failover.FailoverSupervisor` adds switching by health.
 """
 
 from __future__ import annotations
@@ -246,7 +249,6 @@ class ProviderRunner:
         health = self.health
         while True:
             self.runs += 1
-            provider = create_provider(self.config, self.feed.symbols, self.feed.channels, health)
             started = trio.current_time()
             health.started_at = started
             LOGGER.info(
@@ -256,6 +258,11 @@ class ProviderRunner:
             self._restart_reason = None
             try:
                 with trio.CancelScope() as self._scope:
+                    # Built inside the try: a provider that cannot even be built
+                    # (unregistered kind, bad option) is retried like a crash.
+                    provider = create_provider(
+                        self.config, self.feed.symbols, self.feed.channels, health
+                    )
                     await provider.run(self.gate)
                 if (asked := self._take_restart_reason()) is not None:
                     reason = health.last_error = asked

@@ -38,7 +38,7 @@ async def test_health_states_and_reasons(autojump_clock: trio.testing.MockClock)
     assert h.state(10) == ("down", "no data for 10.0s")
     assert not h.delivering(10)
     h.running = False
-    assert h.state(10) == ("down", "not running")
+    assert h.state(10) == ("down", "not running (idle backup)")
 
 
 async def test_restarted_run_counts_from_its_own_start(
