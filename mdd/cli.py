@@ -31,6 +31,7 @@ EXIT_USAGE: Final = 2
 
 #: Modules adding subcommands (each has ``add_parser(subparsers)``).
 COMMANDS: list[str] = []
+COMMANDS.append("mdd.bench")  # mdd bench
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -285,6 +285,10 @@ def make_transport(name: str | None) -> Transport:
     """
     if name in (None, "trio-websocket"):
         return TrioWebsocketTransport()
+    if name == "picows":  # picows (Cython) on a trio-asyncio loop: see _picows.py
+        from ._picows import PicowsTransport
+
+        return PicowsTransport()
     raise ProviderError(f"transport {name!r} is not available")
 
 

@@ -1,0 +1,642 @@
+"""``mdd bench``: how fast the pipeline is, end to end and per stage.
+
+One process tree: :mod:`mdd.bench_blaster` in a child process writes real
+venue trade frames on a loopback WebSocket as fast as the client reads (or at
+``--rate``); this process runs the hot path exactly as a provider does --
+transport ``get_message`` -> the venue's pure ``parse`` -> ``Bus.publish`` --
+and the chosen sinks, each driven by its usual runner from its bus lane.
+
+Where the time goes is measured without per-event clock reads in the sinks:
+
+* ``parse`` and ``bus`` are timed inline in the reader loop (three
+  ``perf_counter_ns`` reads per frame, no awaits in between);
+* every other task's CPU share is measured by a :class:`trio.abc.Instrument`
+  that accumulates ``perf_counter_ns`` around each task step, and tasks are
+  grouped into stages by what they run: the transport's tasks and the reader's
+  remaining time are ``receive``, each sink runner is that sink, the
+  trio-asyncio loop is ``asyncio`` (the NATS client, and picows when used);
+* ``idle`` is wall time no task ran (waiting for the network, the scheduler).
+
+``coverage`` is the share of wall time the named stages explain. Latency
+(receive -> NATS publish flushed, receive -> SQLite commit) is recorded per
+event after each sink batch, only with a fixed ``--rate`` (at max rate it
+measures queueing, not the pipeline).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+
+from .bus import Bus
+from .errors import MddError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+
+    from .bus import SinkInbox
+    from .events import Event
+    from .providers._ws import Connection, Transport
+
+LOGGER = logging.getLogger("mdd.bench")
+
+SINK_NAMES: Final = ("jsonl", "sqlite", "nats", "metrics")
+TRANSPORTS: Final = ("trio-websocket", "picows")
+#: Sinks whose latency (receive -> written) is recorded at a fixed rate.
+_LATENCY_SINKS: Final = ("nats", "sqlite")
+
+
+class BenchError(MddError):
+    """The benchmark could not run (blaster failed, bad options)."""
+
+
+@attrs.define
+class BenchOptions:
+    """What ``mdd bench`` runs.
+
+    Attributes:
+        venue: ``binance`` or ``bybit`` wire format.
+        symbols: venue symbols the frames rotate through.
+        sinks: sinks behind the bus (subset of :data:`SINK_NAMES`).
+        events: stop after this many events (None: run for ``duration``).
+        duration: seconds to run when ``events`` is None.
+        rate: offered events per second (0: as fast as the client reads).
+        events_per_frame: trades per frame (Bybit only).
+        transport: ``trio-websocket`` or ``picows``.
+        data_dir: where SQLite/JSONL files go (a temp dir if None; removed after).
+        nats_url: NATS server for the nats sink (None: an embedded nats-server).
+        progress: print a progress line to stderr once a second.
+    """
+
+    venue: str = "binance"
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    sinks: tuple[str, ...] = ()
+    events: int | None = None
+    duration: float = 10.0
+    rate: float = 0.0
+    events_per_frame: int = 1
+    transport: str = "trio-websocket"
+    data_dir: str | None = None
+    nats_url: str | None = None
+    progress: bool = False
+
+
+class TaskClock(trio.abc.Instrument):
+    """Accumulates each task's step time (ns): its exclusive share of the thread."""
+
+    def __init__(self) -> None:
+        self.ns: collections.Counter[trio.lowlevel.Task] = collections.Counter()
+        self._t0 = 0
+        self._perf = time.perf_counter_ns
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t0 = self._perf()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._t0:  # the step that installed us had no "before"
+            self.ns[task] += self._perf() - self._t0
+            self._t0 = 0
+
+
+class TimedSink:
+    """A sink wrapper that records latency after each batch (the runner sees the inner sink)."""
+
+    def __init__(self, inner: Any, latencies: list[int] | None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.batch_size = inner.batch_size
+        self.batch_interval = inner.batch_interval
+        self.latencies = latencies
+        self.events = 0
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        await self.inner.write(batch)
+        self.events += len(batch)
+        lat = self.latencies
+        if lat is not None:
+            now = time.time_ns()
+            lat.extend([now - e.ts_recv for e in batch])
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def percentiles(values: list[int]) -> dict[str, float] | None:
+    """p50/p90/p99/p99.9/max of nanosecond values, in milliseconds (None when empty)."""
+    if not values:
+        return None
+    s = sorted(values)
+    n = len(s)
+
+    def at(q: float) -> float:
+        return round(s[min(n - 1, int(q * n))] / 1e6, 3)
+
+    return {
+        "p50": at(0.5),
+        "p90": at(0.9),
+        "p99": at(0.99),
+        "p99.9": at(0.999),
+        "max": round(s[-1] / 1e6, 3),
+        "n": n,
+    }
+
+
+def rss_kb() -> int:
+    """Current resident set size, KiB (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except OSError:
+        return 0
+
+
+def parser_for(venue: str) -> Callable[[str | bytes, int], Any]:
+    """The venue's pure ``parse(raw, ts_recv)``."""
+    if venue == "binance":
+        from .providers.binance import parse as binance_parse
+
+        return binance_parse
+    if venue == "bybit":
+        from .providers.bybit import parse as bybit_parse
+
+        return bybit_parse
+    raise BenchError(f"bench venue must be binance or bybit, got {venue!r}")
+
+
+def make_bench_transport(name: str) -> Transport:
+    """The client transport by name (picows only if its module is present)."""
+    from .providers._ws import make_transport
+
+    if name == "picows":
+        from .providers._picows import PicowsTransport
+
+        return PicowsTransport()
+    return make_transport(name)
+
+
+# ---------------------------------------------------------------------------
+# The blaster process
+
+
+class Blaster:
+    """The :mod:`mdd.bench_blaster` child process (started/stopped by its Popen handle)."""
+
+    def __init__(self, opts: BenchOptions, events: int | None, rate: float) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "mdd.bench_blaster",
+            "--venue",
+            opts.venue,
+            "--symbols",
+            ",".join(opts.symbols),
+            "--events-per-frame",
+            str(opts.events_per_frame),
+            "--rate",
+            str(rate),
+        ]
+        if events is not None:
+            cmd += ["--events", str(events)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line.startswith("port="):
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            self.stop()
+            raise BenchError(f"bench blaster failed to start: {line!r} {err[-500:]}")
+        self.port = int(line.split("=", 1)[1])
+
+    def url(self, opts: BenchOptions) -> str:
+        """The endpoint the client connects to (path as the venue's)."""
+        return f"ws://127.0.0.1:{self.port}/stream"
+
+    def stop(self) -> None:
+        """Terminate the child (kill after 3 s)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+def _build_sinks(
+    names: Sequence[str], data_dir: Path, nats_url: str | None
+) -> list[tuple[Any, Any]]:
+    """The sinks by name, built by the daemon's factories from a config made in code."""
+    from .config import load_config
+    from .sinks import SINK_FACTORIES
+
+    doc: dict[str, Any] = {"daemon": {"state_dir": str(data_dir)}, "sinks": {}}
+    for name in names:
+        doc["sinks"][name] = {"url": nats_url} if name == "nats" else {}
+    if "metrics" not in names:
+        doc["sinks"]["metrics"] = {"enabled": False}
+    cfg = load_config(None, env={}, base=doc)
+    enabled = cfg.sinks.enabled()
+    return [(SINK_FACTORIES[name](cfg, enabled[name]), enabled[name]) for name in names]
+
+
+@attrs.define
+class _Run:
+    events: int = 0
+    frames: int = 0
+    parse_ns: int = 0
+    bus_ns: int = 0
+    first_ns: int = 0
+    last_rx_ns: int = 0
+
+
+async def _reader(
+    conn: Connection,
+    parse: Callable[[str | bytes, int], Any],
+    bus: Bus,
+    run: _Run,
+    target: int | None,
+    deadline: float,
+) -> None:
+    """The hot loop of :meth:`mdd.providers._ws.WsProvider._receive`, with stage clocks."""
+    perf = time.perf_counter_ns
+    clock = time.time_ns
+    publish = bus.publish
+    events = frames = parse_ns = bus_ns = 0
+    run.first_ns = perf()
+    with trio.move_on_at(deadline):
+        while target is None or events < target:
+            raw = await conn.get_message()
+            t1 = perf()
+            items = parse(raw, clock())
+            t2 = perf()
+            for item in items:
+                publish(item)
+            t3 = perf()
+            parse_ns += t2 - t1
+            bus_ns += t3 - t2
+            frames += 1
+            events += len(items)
+            if not frames & 1023:
+                run.events, run.frames, run.parse_ns, run.bus_ns = events, frames, parse_ns, bus_ns
+    run.events, run.frames, run.parse_ns, run.bus_ns = events, frames, parse_ns, bus_ns
+    run.last_rx_ns = perf()
+
+
+async def _progress(run: _Run, bus: Bus, t0: float) -> None:
+    last = 0
+    while True:
+        await trio.sleep(1.0)
+        ev = run.events
+        drops = sum(lane.total_dropped for lane in bus.stats().lanes)
+        print(
+            f"mdd bench: {trio.current_time() - t0:5.1f}s events={ev} "
+            f"rate={ev - last}/s drops={drops} rss={rss_kb() // 1024}MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+        last = ev
+
+
+def _stage_of(name: str, sink_tasks: dict[str, str]) -> str:
+    if name in sink_tasks:
+        return sink_tasks[name]
+    low = name.lower()
+    if "trio_websocket" in low or "_picows" in low:
+        return "receive"
+    if "trio_asyncio" in low or "asyncio" in low:
+        return "asyncio"
+    return "other"
+
+
+async def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run one benchmark and return the report (what ``--json`` writes)."""
+    for s in opts.sinks:
+        if s not in SINK_NAMES:
+            raise BenchError(f"unknown sink {s!r} (choose from {', '.join(SINK_NAMES)})")
+    if opts.transport not in TRANSPORTS:
+        raise BenchError(f"unknown transport {opts.transport!r} ({', '.join(TRANSPORTS)})")
+    parse = parser_for(opts.venue)
+    transport = make_bench_transport(opts.transport)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if opts.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mdd-bench-")
+        data_dir = Path(tmp.name)
+    else:
+        data_dir = Path(opts.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    nats_server = None
+    blaster: Blaster | None = None
+    try:
+        nats_url = opts.nats_url
+        if "nats" in opts.sinks and nats_url is None:
+            from .natsserver import NatsServer
+
+            nats_server = NatsServer(jetstream=False, workdir=data_dir / "nats").start()
+            nats_url = nats_server.url
+        blaster = Blaster(opts, opts.events, opts.rate)
+        return await _measure(opts, parse, transport, blaster.url(opts), data_dir, nats_url)
+    finally:
+        if blaster is not None:
+            blaster.stop()
+        if nats_server is not None:
+            nats_server.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+async def _measure(
+    opts: BenchOptions,
+    parse: Callable[[str | bytes, int], Any],
+    transport: Transport,
+    url: str,
+    data_dir: Path,
+    nats_url: str | None,
+) -> dict[str, Any]:
+    from .sinks import sink_runner
+
+    bus = Bus()
+    latencies: dict[str, list[int]] = {}
+    timed: list[TimedSink] = []
+    sink_tasks: dict[str, str] = {}
+    built = _build_sinks(opts.sinks, data_dir, nats_url)
+    for sink, _section in built:
+        lat: list[int] | None = None
+        if opts.rate > 0 and sink.name in _LATENCY_SINKS:
+            lat = latencies.setdefault(sink.name, [])
+        t = TimedSink(sink, lat)
+        timed.append(t)
+    clock = TaskClock()
+    run = _Run()
+    rss0 = rss_kb()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    trio.lowlevel.add_instrument(clock)
+    try:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as sinks_nursery:
+                from .sinks.nats import NatsSink
+
+                for t, (_, section) in zip(timed, built, strict=True):
+                    inbox: SinkInbox = bus.add_sink(t.name, section.capacity or 10_000, "tiered")
+                    task_name = f"mdd.bench.sink.{t.name}"
+                    sink_tasks[task_name] = t.name
+                    if isinstance(t.inner, NatsSink):
+                        # The NATS sink's run() opens the trio-asyncio loop and drives itself.
+                        await sinks_nursery.start(_run_nats, t, inbox, name=task_name)
+                    else:
+                        await sinks_nursery.start(sink_runner(t), inbox, name=task_name)
+                async with trio.open_nursery() as conn_nursery:
+                    conn = await transport.connect(conn_nursery, url)
+                    t0 = trio.current_time()
+                    if opts.progress:
+                        outer.start_soon(_progress, run, bus, t0, name="mdd.bench.progress")
+                    deadline = (
+                        float("inf")
+                        if opts.events is not None
+                        else trio.current_time() + opts.duration
+                    )
+                    wall0 = time.perf_counter_ns()
+                    async with trio.open_nursery() as rn:
+                        rn.start_soon(
+                            _reader,
+                            conn,
+                            parse,
+                            bus,
+                            run,
+                            opts.events,
+                            deadline,
+                            name="mdd.bench.reader",
+                        )
+                    await conn.aclose()
+                    conn_nursery.cancel_scope.cancel()
+                bus.close()
+            wall1 = time.perf_counter_ns()
+            outer.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(clock)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    return _report(
+        opts, bus, run, clock, sink_tasks, timed, latencies, wall1 - wall0, cpu0, cpu1, rss0
+    )
+
+
+async def _run_nats(t: TimedSink, inbox: SinkInbox, *, task_status: trio.TaskStatus[None]) -> None:
+    import trio_asyncio
+
+    from .sinks import run_sink
+
+    async with trio_asyncio.open_loop():
+        await run_sink(t, inbox, t.inner.health, task_status=task_status)
+
+
+def _report(
+    opts: BenchOptions,
+    bus: Bus,
+    run: _Run,
+    clock: TaskClock,
+    sink_tasks: dict[str, str],
+    timed: list[TimedSink],
+    latencies: dict[str, list[int]],
+    wall_ns: int,
+    cpu0: resource.struct_rusage,
+    cpu1: resource.struct_rusage,
+    rss0: int,
+) -> dict[str, Any]:
+    stages: collections.Counter[str] = collections.Counter()
+    for task, ns in clock.ns.items():
+        stages[_stage_of(task.name, sink_tasks)] += ns
+    reader_ns = sum(ns for task, ns in clock.ns.items() if task.name == "mdd.bench.reader")
+    stages["other"] -= reader_ns
+    stages["receive"] += reader_ns - run.parse_ns - run.bus_ns
+    stages["parse"] = run.parse_ns
+    stages["bus"] = run.bus_ns
+    busy = sum(stages.values())
+    stages["idle"] = max(0, wall_ns - busy)
+    ev = run.events
+    delivered = min((t.events for t in timed), default=ev)
+    stats = bus.stats()
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    order = ["receive", "parse", "bus", *[t.name for t in timed], "asyncio", "other", "idle"]
+    per_stage = {
+        name: {
+            "ms": round(stages[name] / 1e6, 1),
+            "pct": round(100 * stages[name] / wall_ns, 1) if wall_ns else 0.0,
+            "ns_per_event": round(stages[name] / ev) if ev else None,
+        }
+        for name in order
+        if name in stages
+    }
+    return {
+        "venue": opts.venue,
+        "transport": opts.transport,
+        "symbols": list(opts.symbols),
+        "events_per_frame": opts.events_per_frame,
+        "sinks": list(opts.sinks),
+        "offered_rate": opts.rate or "max",
+        "events": ev,
+        "frames": run.frames,
+        "delivered_to_every_sink": delivered,
+        "seconds": round(wall_ns / 1e9, 3),
+        "events_per_s": round(ev / (wall_ns / 1e9)) if wall_ns else 0,
+        "receive_events_per_s": (
+            round(ev / ((run.last_rx_ns - run.first_ns) / 1e9))
+            if run.last_rx_ns > run.first_ns
+            else 0
+        ),
+        "cpu_seconds": round(cpu_s, 3),
+        "stages": per_stage,
+        "coverage_pct": round(100 * (wall_ns - stages["idle"] - stages["other"]) / wall_ns, 1)
+        if wall_ns
+        else 0.0,
+        "latency_ms": {name: percentiles(values) for name, values in latencies.items()},
+        "rss_kib": {
+            "start": rss0,
+            "end": rss_kb(),
+            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        },
+        "drops": {lane.sink: lane.total_dropped for lane in stats.lanes},
+        "python": sys.version.split()[0],
+    }
+
+
+def bench_consumer(n: int = 200_000) -> dict[str, Any]:
+    """Feature-engine throughput: trades through the consumer's state and features."""
+    from .consumer import bench as consumer_bench  # type: ignore[attr-defined]
+
+    return dict(consumer_bench(n))
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end."""
+    lines = [
+        f"mdd bench: {r['venue']} via {r['transport']}, sinks: {', '.join(r['sinks']) or 'none'},"
+        f" offered: {r['offered_rate']}",
+        f"  {r['events']} events in {r['seconds']} s = {r['events_per_s']:,} events/s end to end"
+        f" (cpu {r['cpu_seconds']} s)",
+        "  stage            ms      %   ns/event",
+    ]
+    for name, st in r["stages"].items():
+        nspe = "" if st["ns_per_event"] is None else str(st["ns_per_event"])
+        lines.append(f"  {name:<12} {st['ms']:>9} {st['pct']:>6} {nspe:>9}")
+    lines.append(f"  coverage {r['coverage_pct']} % of wall time explained by named stages")
+    for name, lat in r["latency_ms"].items():
+        if lat:
+            lines.append(
+                f"  latency receive -> {name}: p50 {lat['p50']} ms, p99 {lat['p99']} ms,"
+                f" max {lat['max']} ms (n={lat['n']})"
+            )
+    rss = r["rss_kib"]
+    lines.append(
+        f"  rss start {rss['start'] // 1024} MiB, end {rss['end'] // 1024} MiB,"
+        f" peak {rss['peak'] // 1024} MiB; drops {r['drops'] or 0}"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``mdd bench``."""
+    p = sub.add_parser(
+        "bench",
+        help="measure the pipeline: events/s, per-stage costs, latency, RSS",
+        description="Blast venue trade frames over loopback WebSocket into the pipeline "
+        "(transport -> parse -> bus -> sinks) and report throughput and where the time goes.",
+    )
+    p.add_argument("--venue", default="binance", choices=["binance", "bybit"])
+    p.add_argument("--symbols", default="BTCUSDT", help="comma-separated (default BTCUSDT)")
+    p.add_argument(
+        "--sinks",
+        default="all",
+        help="none | all | comma list of jsonl,sqlite,nats,metrics (default all)",
+    )
+    p.add_argument("--events", type=int, default=None, help="stop after this many events")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--rate", type=float, default=0.0, help="offered events/s (default: max)")
+    p.add_argument("--events-per-frame", type=int, default=1, help="trades per frame (bybit)")
+    p.add_argument(
+        "--transport",
+        default="trio-websocket",
+        help="trio-websocket | picows | both (default trio-websocket)",
+    )
+    p.add_argument("--nats-url", default=None, help="NATS server (default: embedded)")
+    p.add_argument("--data-dir", default=None, help="keep SQLite/JSONL files here")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--consumer", action="store_true", help="benchmark the consumer features")
+    p.add_argument("--book", action="store_true", help="benchmark the L2 book engine")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _sinks_arg(text: str) -> tuple[str, ...]:
+    text = text.strip()
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return SINK_NAMES
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    reports: list[dict[str, Any]] = []
+    try:
+        if args.book:
+            from .books import bench_book
+
+            n = args.events or 200_000
+            rate = bench_book(n)
+            reports.append({"bench": "book", "deltas": n, "levels_per_s": round(rate)})
+            print(f"mdd bench --book: {rate:,.0f} level changes/s")
+        elif args.consumer:
+            r = bench_consumer(args.events or 200_000)
+            reports.append({"bench": "consumer", **r})
+            print(f"mdd bench --consumer: {r}")
+        else:
+            transports = TRANSPORTS if args.transport == "both" else (args.transport,)
+            for name in transports:
+                opts = BenchOptions(
+                    venue=args.venue,
+                    symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s),
+                    sinks=_sinks_arg(args.sinks),
+                    events=args.events,
+                    duration=args.duration,
+                    rate=args.rate,
+                    events_per_frame=args.events_per_frame,
+                    transport=name,
+                    data_dir=args.data_dir,
+                    nats_url=args.nats_url,
+                    progress=not args.quiet,
+                )
+                report = trio.run(run_bench, opts)
+                reports.append(report)
+                print(format_report(report))
+    except (BenchError, ImportError, ValueError) as exc:
+        print(f"mdd bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = reports[0] if len(reports) == 1 else reports
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
