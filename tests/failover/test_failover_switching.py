@@ -145,7 +145,19 @@ async def test_hot_standby_switch_loses_no_backup_trade(
         sim_faults("p").silent = True
         p_last = sup.runners["p"].health.last_data
         b_emitted_before = sup.runners["b"].health.events
+        stale_after = cfg.failover.stale_after
+        await wait_until(lambda: not sup.runners["p"].health.delivering(stale_after), within=5)
+        state, reason = sup.state()
+        assert state == "degraded"
+        assert "b delivers, switch pending" in reason
         await wait_until(lambda: sup.active == "b", within=30)
+        snapshot = sup.as_dict()
+        assert snapshot["state"] == "up"
+        assert snapshot["hot_standby"] is True
+        assert snapshot["failovers"] == 1
+        last = snapshot["last_switch"]
+        assert isinstance(last, dict)
+        assert (last["from"], last["to"], last["forced"]) == ("p", "b", False)
         await trio.sleep(5)
         b_emitted = sup.runners["b"].health.events
         replayed = sup.runners["b"].gate.replayed
