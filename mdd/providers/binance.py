@@ -62,17 +62,23 @@ def _trade(msg: dict[str, Any], ts_recv: int, provider: str, id_key: str, unit: 
         side = "buy"
     else:
         raise TypeError(f"m must be a boolean, got {maker!r}")
-    ts = _time(msg, "T", unit)
-    if ts is None:
-        ts = _time(msg, "E", unit)
+    t = msg.get("T")
+    if type(t) is int:
+        ts: int | None = t * unit
+    elif t is None:
+        ts = _time(msg, "E", unit)  # no trade time: the event time is the best we have
+    else:
+        raise TypeError(f"T must be an integer time, got {t!r}")
     price = float(msg["p"])
     qty = float(msg["q"])
     if not (0.0 < price < _INF and 0.0 <= qty < _INF):
         raise ValueError(f"bad price/qty {msg['p']!r}/{msg['q']!r}")
     trade_id = msg[id_key]
-    if trade_id is None or isinstance(trade_id, bool | float | dict | list):
+    if type(trade_id) is int:
+        trade_id = str(trade_id)
+    elif type(trade_id) is not str:
         raise TypeError(f"bad trade id {trade_id!r}")
-    return TradeEvent(provider, symbol, ts, ts_recv, price, qty, side, str(trade_id))
+    return TradeEvent(provider, symbol, ts, ts_recv, price, qty, side, trade_id)
 
 
 def _symbol_of(stream: str | None) -> str:
@@ -82,6 +88,12 @@ def _symbol_of(stream: str | None) -> str:
 
 
 def _dispatch(msg: Any, ts_recv: int, provider: str, stream: str | None, unit: int) -> Parsed:
+    if type(msg) is dict:  # fast path for the hot message types
+        kind = msg.get("e")
+        if kind == "trade":
+            return [_trade(msg, ts_recv, provider, "t", unit)]
+        if kind == "aggTrade":
+            return [_trade(msg, ts_recv, provider, "a", unit)]
     match msg:
         case {"e": "trade"}:
             return [_trade(msg, ts_recv, provider, "t", unit)]
