@@ -220,8 +220,8 @@ async def test_bad_url_is_a_connect_failure() -> None:
 def test_unknown_transport_is_refused() -> None:
     assert isinstance(make_transport(None), TrioWebsocketTransport)
     assert isinstance(make_transport("trio-websocket"), TrioWebsocketTransport)
-    with pytest.raises(ProviderError, match="picows"):
-        make_transport("picows")
+    with pytest.raises(ProviderError, match="carrier-pigeon"):
+        make_transport("carrier-pigeon")
 
 
 async def test_sends_never_exceed_the_venue_rate(autojump_clock: trio.testing.MockClock) -> None:
