@@ -192,6 +192,8 @@ class NatsSinkConfig:
     jetstream: bool = False
     stream: str = "MD_EVENTS"
     duplicate_window: float = attrs.field(default=120.0, validator=_positive)
+    #: Replicas of the stream when the sink creates it (3 on a 3-node cluster).
+    replicas: int = attrs.field(default=1, validator=_positive)
     batch_size: int = attrs.field(default=500, validator=_positive)
 
 

@@ -64,6 +64,7 @@ def _nats(config: Config, section: Any) -> Sink:
         jetstream=section.jetstream,
         stream=section.stream,
         duplicate_window=section.duplicate_window,
+        replicas=section.replicas,
         batch_size=section.batch_size,
     )
 

@@ -95,8 +95,15 @@ class JetStreamUnavailable(SinkError):
         )
 
 
+def server_list(url: str) -> list[str]:
+    """The servers of ``url``: one URL or a comma-separated list (a cluster's seed servers)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 def redact(url: str) -> str:
-    """``url`` without user and password, for logs."""
+    """``url`` (or a comma-separated list of URLs) without user and password, for logs."""
+    if "," in url:
+        return ",".join(redact(u) for u in server_list(url))
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
@@ -127,6 +134,8 @@ class NatsSink:
         jetstream: publish to JetStream with ``Nats-Msg-Id`` and await acks.
         stream: JetStream stream name, created over ``{subject_prefix}.>`` if missing.
         duplicate_window: the stream's de-duplication window, seconds.
+        replicas: the stream's replica count when the sink creates it (3 on a
+            3-node cluster: the stream survives the loss of one server).
         batch_size: most events per bridge crossing.
         batch_interval: seconds to keep collecting a short batch.
         ack_timeout: seconds for a batch's flush or acks before it is retried.
@@ -142,6 +151,7 @@ class NatsSink:
         jetstream: bool = False,
         stream: str = "MD_EVENTS",
         duplicate_window: float = 120.0,
+        replicas: int = 1,
         batch_size: int = 500,
         batch_interval: float = 0.0,
         ack_timeout: float = ACK_TIMEOUT,
@@ -152,6 +162,7 @@ class NatsSink:
         self.jetstream = jetstream
         self.stream = stream
         self.duplicate_window = duplicate_window
+        self.replicas = replicas
         self.batch_size = batch_size
         self.batch_interval = batch_interval
         self.ack_timeout = ack_timeout
@@ -223,7 +234,7 @@ class NatsSink:
 
     def _options(self, on_error: Any, on_disconnected: Any) -> dict[str, Any]:
         return {
-            "servers": [self.url],
+            "servers": server_list(self.url),
             "name": "mdd",
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,  # never give up; the lane is the buffer
@@ -242,11 +253,13 @@ class NatsSink:
             raise JetStreamUnavailable(self.safe_url, "no reply from the JetStream API") from exc
         self._stream_ready = True
         LOGGER.info(
-            "sink.nats.stream stream=%s subjects=%s.> created=%s duplicate_window=%.0fs",
+            "sink.nats.stream stream=%s subjects=%s.> created=%s duplicate_window=%.0fs "
+            "replicas=%d",
             self.stream,
             self.subject_prefix,
             created,
             self.duplicate_window,
+            self.replicas,
         )
 
     async def _aio_ensure_stream(self) -> bool:
@@ -261,6 +274,7 @@ class NatsSink:
                 name=self.stream,
                 subjects=[f"{self.subject_prefix}.>"],
                 duplicate_window=self.duplicate_window,
+                num_replicas=self.replicas,
             )
             return True
 
