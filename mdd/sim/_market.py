@@ -167,7 +167,7 @@ class _Bar:
 class SymbolState:
     """Mid price, true book, ids and the open bar of one symbol."""
 
-    def __init__(self, spec: SymbolSpec, rng: random.Random, clock: SimClock) -> None:
+    def __init__(self, spec: SymbolSpec, rng: random.Random, clock: SimClock, seq: int = 0) -> None:
         self.spec = spec
         self.rng = rng
         scale = 10**spec.price_decimals
@@ -193,7 +193,7 @@ class SymbolState:
             symbol=spec.symbol,
             spec=spec,
             ts_ns=now,
-            seq=0,
+            seq=seq,
             trades=(),
             first_update_id=self.book.last_update_id,
             last_update_id=self.book.last_update_id,
@@ -378,7 +378,7 @@ class Market:
         """The state of a symbol, created on first use."""
         state = self.symbols.get(symbol)
         if state is None:
-            state = SymbolState(spec_for(symbol), self.rng, self.clock)
+            state = SymbolState(spec_for(symbol), self.rng, self.clock, self.seq)
             self.symbols[symbol] = state
         return state
 
