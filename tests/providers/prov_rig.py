@@ -32,8 +32,12 @@ class Rig:
     def of(self, kind: str) -> list[Any]:
         return [e for e in self.events if e.type == kind]
 
-    def statuses(self) -> list[str]:
-        return [e.status for e in self.events if isinstance(e, StatusEvent)]
+    def statuses(self, symbol: str | None = None) -> list[str]:
+        return [
+            e.status
+            for e in self.events
+            if isinstance(e, StatusEvent) and (symbol is None or e.symbol == symbol)
+        ]
 
     def counts(self) -> collections.Counter[str]:
         return collections.Counter(e.type for e in self.events)
