@@ -12,6 +12,12 @@ Tables (timestamps are integer nanoseconds since the epoch):
 - ``books``: top-N levels as JSON, throttled per (provider, symbol).
 - ``status``: provider status changes, failovers and gaps.
 
+Read it in-process only through apsw (:func:`open_reader`, :func:`latest`),
+never through the stdlib ``sqlite3`` module: that is a second copy of SQLite,
+and two copies in one process defeat each other's POSIX locks (closing one can
+checkpoint and reset the WAL under the other). Other processes may use any
+client, the ``sqlite3`` CLI included.
+
 The schema version lives in ``schema_version``; :func:`migrate` applies every
 step of :data:`MIGRATIONS` above the stored version, each in its own
 transaction, so an old database is brought forward on open and a newer one is

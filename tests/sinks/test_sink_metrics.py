@@ -17,6 +17,7 @@ from mdd.events import HeartbeatEvent, QuoteEvent, TradeEvent
 from mdd.metrics import REGISTRY, BatchHistogram, register_daemon, unregister_daemon
 from mdd.sinks import SinkHealth, run_sink
 from mdd.sinks.metrics import MetricsSink
+from mdd.storage import open_reader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,8 +182,7 @@ async def test_daemon_collector_exports_bus_provider_and_sink_state(
     assert "market_events" in after
 
     # Everything the daemon published reached SQLite (the factory-built sink).
-    import sqlite3
-
-    with sqlite3.connect(tmp_path / "mdd.sqlite") as conn:
-        trades = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+    conn = open_reader(tmp_path / "mdd.sqlite")
+    trades = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+    conn.close()
     assert trades == daemon.bus.offered["trade"]

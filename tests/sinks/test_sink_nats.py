@@ -257,3 +257,22 @@ async def test_bare_run_sink_is_refused_clearly(autojump_clock: trio.testing.Moc
         await trio.sleep(1)
         assert "NatsSink.run" in health.last_error
         nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_while_nats_never_came(tmp_path: Path) -> None:
+    """The daemon's shutdown grace cancels a sink still waiting for NATS: no hang, no crash."""
+    bus = Bus()
+    inbox = bus.add_sink("nats", 100)
+    health = SinkHealth("nats")
+    sink = NatsSink(f"nats://127.0.0.1:{free_port()}")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run, inbox, health)
+            bus.publish(trade(1))
+            await wait_until(lambda: health.state == "failing")
+            bus.close()
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel("shutdown grace over")
+    assert health.state == "closed"
+    assert sink.nc is None
+    assert inbox.queued == 1  # never accepted by NATS: still counted as undelivered

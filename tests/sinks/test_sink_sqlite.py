@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
+import shutil
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -38,9 +40,18 @@ def book(ts: int, bid: float = 99.0) -> BookEvent:
 
 
 def count(path: Path, table: str = "trades") -> int:
-    """Row count through the stdlib sqlite3 module: another library, as the CLI would read."""
-    with sqlite3.connect(path) as conn:
+    """Row count through a second, read-only connection.
+
+    In-process readers must use apsw too: the stdlib ``sqlite3`` module is a
+    second copy of SQLite, and two copies in one process defeat each other's
+    POSIX locks (closing one may reset the other's WAL). Other processes, such
+    as the ``sqlite3`` CLI below, are fine.
+    """
+    conn = storage.open_reader(path)
+    try:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def metric(name: str, **labels: str) -> float:
@@ -158,12 +169,12 @@ async def test_all_event_types_and_latest(tmp_path: Path) -> None:
     await sink.close()
     assert count(path, "books") == 3
     assert count(path, "status") == 1
-    with sqlite3.connect(path) as conn:
-        bids = [r[0] for r in conn.execute("SELECT bids FROM books ORDER BY ts_recv")]
-        assert bids == ["[[97.0,1.0]]", "[[95.0,1.0]]", "[[94.0,1.0]]"]
-        # The seed system's README query works from another library.
-        rows = conn.execute("SELECT * FROM trades ORDER BY ts_recv DESC LIMIT 5").fetchall()
-        assert [r[7] for r in rows] == ["5", "1"]
+    conn = storage.open_reader(path)
+    bids = [r[0] for r in conn.execute("SELECT bids FROM books ORDER BY ts_recv")]
+    assert bids == ["[[97.0,1.0]]", "[[95.0,1.0]]", "[[94.0,1.0]]"]
+    rows = conn.execute("SELECT * FROM trades ORDER BY ts_recv DESC LIMIT 5").fetchall()
+    assert [r[7] for r in rows] == ["5", "1"]
+    conn.close()
 
     got = storage.latest(path, "btcusdt")
     assert got["trade"]["trade_id"] == "5"
@@ -214,6 +225,34 @@ async def test_concurrent_reader_while_writing(tmp_path: Path) -> None:
     assert reader.execute("SELECT count(*) FROM trades").fetchone()[0] == 40
     assert count(path) == 40
     reader.close()
+    await sink.close()
+
+
+async def test_other_processes_read_while_the_sink_writes(tmp_path: Path) -> None:
+    """The seed README query from another process (the sqlite3 CLI, else python's sqlite3)."""
+    path = tmp_path / "t.sqlite"
+    sink = SqliteSink(path)
+    await sink.open()
+    query = "SELECT trade_id FROM trades ORDER BY ts_recv DESC LIMIT 5"
+    cli = shutil.which("sqlite3")
+    if cli:
+        cmd = [cli, str(path), query]
+    else:
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            " print('\\n'.join(r[0] for r in c.execute(sys.argv[2])))",
+            str(path),
+            query,
+        ]
+    for k in range(3):
+        await sink.write([trade(i) for i in range(10 * k, 10 * k + 10)])
+        result = await trio.run_process(cmd, capture_stdout=True, stderr=subprocess.STDOUT)
+        ids = result.stdout.decode().split()
+        assert ids == [str(i) for i in range(10 * k + 9, 10 * k + 4, -1)]
+    await sink.write([trade(100)])  # the writer is unaffected by the readers
+    assert count(path) == 31
     await sink.close()
 
 
