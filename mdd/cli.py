@@ -187,14 +187,48 @@ def run_daemon(cfg: Config) -> int:
         trio.run(daemon.run)
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    except Exception:
+    except Exception as exc:
+        refused = _startup_refusals(exc)
+        if refused:
+            # A service refused to start (live control socket, HTTP port in use):
+            # one clear line each, no traceback.
+            for error in refused:
+                LOGGER.error("daemon.refused error=%r", str(error))
+                print(f"mdd: {error}", file=sys.stderr)
+            return EXIT_FAILURE
         LOGGER.exception("daemon.failed")
         return EXIT_FAILURE
     return EXIT_OK
 
 
+def _startup_refusals(exc: BaseException) -> list[BaseException]:
+    """The errors inside ``exc`` when every one is an :class:`MddError`, else []."""
+    from .errors import MddError
+
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [leaf for sub in exc.exceptions for leaf in _startup_refusals(sub)]
+        return leaves if len(leaves) == _count_leaves(exc) else []
+    return [exc] if isinstance(exc, MddError) else []
+
+
+def _count_leaves(exc: BaseException) -> int:
+    if isinstance(exc, BaseExceptionGroup):
+        return sum(_count_leaves(sub) for sub in exc.exceptions)
+    return 1
+
+
 #: Callables that add services to a new daemon before it runs (HTTP, control socket, ...).
 DAEMON_HOOKS: list[Any] = []
+
+
+def _install_operations(daemon: Any) -> None:
+    """HTTP API, control socket, sd_notify (see :mod:`mdd.services`)."""
+    from .services import install
+
+    install(daemon)
+
+
+DAEMON_HOOKS.append(_install_operations)
 
 
 def main(argv: list[str] | None = None) -> int:
