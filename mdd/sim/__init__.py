@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
-from . import _binance, _bybit
+from . import _alpaca, _binance, _bybit
 from ._options import Faults as Faults
 from ._options import SimOptions as SimOptions
 from ._server import Router
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _VENUES: dict[str, tuple[Router, Callable[[str, int], str]]] = {
     "binance": (_binance.route, _binance.url_for),
     "bybit": (_bybit.route, _bybit.url_for),
+    "alpaca": (_alpaca.route, _alpaca.url_for),
 }
 #: Venues the simulator speaks.
 VENUES: Final = ("binance", "bybit", "alpaca")

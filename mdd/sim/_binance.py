@@ -27,6 +27,8 @@ from ._market import QUOTE_CURRENCIES, fmt_fixed
 from ._server import Session, dumps
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._market import Step
     from ._server import SimServer
 
@@ -72,8 +74,14 @@ class BinanceSession(Session):
 
     venue = "binance"
 
-    def __init__(self, server: SimServer, ws: Any, request_path: str) -> None:
-        super().__init__(server, ws, request_path)
+    def __init__(
+        self,
+        server: SimServer,
+        ws: Any,
+        request_path: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(server, ws, request_path, headers)
         self.combined = self.path.startswith("/stream")
         self.micro = self.query.get("timeUnit", [""])[0].upper() in ("MICROSECOND", "MICROSECONDS")
         self.streams: dict[str, tuple[str, str]] = {}

@@ -23,6 +23,8 @@ from ._market import QUOTE_CURRENCIES, fmt_min
 from ._server import Session, dumps
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from trio_websocket import WebSocketConnection
 
     from ._market import Step
@@ -47,8 +49,14 @@ class BybitSession(Session):
 
     venue = "bybit"
 
-    def __init__(self, server: SimServer, ws: WebSocketConnection, request_path: str) -> None:
-        super().__init__(server, ws, request_path)
+    def __init__(
+        self,
+        server: SimServer,
+        ws: WebSocketConnection,
+        request_path: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(server, ws, request_path, headers)
         self.conn_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         self.topics: dict[str, tuple[str, str]] = {}  # topic -> (kind, SYMBOL)
         self.by_symbol: dict[str, dict[str, str]] = {}  # SYMBOL -> {kind: topic}

@@ -57,8 +57,15 @@ class Session:
     #: Paths this venue serves (exact match after dropping the query).
     venue: ClassVar[str] = ""
 
-    def __init__(self, server: SimServer, ws: WebSocketConnection, request_path: str) -> None:
+    def __init__(
+        self,
+        server: SimServer,
+        ws: WebSocketConnection,
+        request_path: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         self.server = server
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
         self.ws = ws
         self.market = server.market
         self.path, _, query = request_path.partition("?")
@@ -320,7 +327,7 @@ class SimServer:
             await request.reject(503, body=b"mdd.sim: refusing connections")
             return
         ws = await request.accept()
-        session = target(self, ws, request.path)
+        session = target(self, ws, request.path, request.headers)
         self.active += 1
         self.sessions.add(session)
         try:
