@@ -1,0 +1,136 @@
+"""``mdd sim``: run the exchange simulator from the command line until Ctrl-C.
+
+Serves one venue, or all three on consecutive ports, on loopback by default,
+prints the URLs to put in a provider config, and applies the fault flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ..logs import setup_logging
+from . import VENUES, Faults, SimOptions, serve_sims
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ._server import SimServer
+
+LOGGER = logging.getLogger("mdd.sim.cli")
+
+#: Default first port (venues after the first take the next ports).
+DEFAULT_PORT: Final = 9100
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``sim`` subcommand to ``mdd``'s parser."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sim",
+        help="run the exchange simulator (Binance, Bybit, Alpaca wire protocols on loopback)",
+        description="Serve simulated venues over real WebSockets until Ctrl-C. "
+        "With --venue all, the venues take ports P, P+1, P+2 (binance, bybit, alpaca).",
+    )
+    p.add_argument("--venue", choices=[*VENUES, "all"], default="all")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default loopback)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port (0: free ports)")
+    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
+    p.add_argument("--rate", type=float, default=10.0, help="steps/s per symbol (0: max)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--trades-per-frame", type=int, default=1)
+    p.add_argument("--max-lifetime", type=float, default=None, help="binance: cut after S s")
+    p.add_argument("--ping-interval", type=float, default=20.0, help="binance server pings")
+    p.add_argument("--alpaca-key", default="key", help="key the alpaca sim accepts")
+    p.add_argument("--alpaca-secret", default="secret", help="secret the alpaca sim accepts")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    f = p.add_argument_group("faults")
+    f.add_argument("--drop-after", type=int, default=None, metavar="N")
+    f.add_argument("--garbage-every", type=int, default=None, metavar="N")
+    f.add_argument("--silent-after", type=float, default=None, metavar="S")
+    f.add_argument("--silent-for", type=float, default=None, metavar="S", help="default: forever")
+    f.add_argument("--ignore-pings", action="store_true")
+    f.add_argument("--reject-subscribe", action="store_true")
+    f.add_argument("--subscribe-delay", type=float, default=0.0, metavar="S")
+    f.add_argument("--refuse-connections", action="store_true")
+    f.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="bybit")
+    p.set_defaults(func=_cmd_sim)
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    """The :class:`SimOptions` the flags describe."""
+    faults = Faults(
+        drop_after=args.drop_after,
+        garbage_every=args.garbage_every,
+        ignore_pings=args.ignore_pings,
+        reject_subscribe=args.reject_subscribe,
+        subscribe_delay=args.subscribe_delay,
+        refuse_connections=args.refuse_connections,
+        idle_timeout=args.idle_timeout,
+    )
+    return SimOptions(
+        symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
+        rate=args.rate,
+        seed=args.seed,
+        trades_per_frame=args.trades_per_frame,
+        faults=faults,
+        alpaca_key=args.alpaca_key,
+        alpaca_secret=args.alpaca_secret,
+        max_lifetime=args.max_lifetime,
+        ping_interval=args.ping_interval,
+    )
+
+
+def describe(server: SimServer) -> str:
+    """One line telling a person what to connect to."""
+    if server.venue == "binance":
+        hint = "(append /stream?streams=btcusdt@trade or /ws)"
+    elif server.venue == "alpaca":
+        base = server.url.rsplit("/v2/", 1)[0]
+        hint = f"(crypto: {base}/v1beta3/crypto/us; key/secret as configured)"
+    else:
+        hint = ""
+    return f"{server.venue:8} {server.url} {hint}".rstrip()
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    venues = list(VENUES) if args.venue == "all" else [args.venue]
+    ports = [0 if args.port == 0 else args.port + i for i in range(len(venues))]
+    options = options_from_args(args)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            servers: dict[str, SimServer] = await nursery.start(
+                partial(serve_sims, venues, options, host=args.host, ports=ports)
+            )
+            for server in servers.values():
+                print(describe(server), flush=True)
+            if args.silent_after is not None:
+                nursery.start_soon(_silence, list(servers.values()), args)
+            async for signum in signals:
+                LOGGER.info("sim.stopping signal=%s", signum)
+                nursery.cancel_scope.cancel("signal")
+                break
+
+
+async def _silence(servers: list[SimServer], args: argparse.Namespace) -> None:
+    await trio.sleep(args.silent_after)
+    for server in servers:
+        if args.silent_for is None:
+            server.options.faults.silent = True
+        else:
+            server.go_silent(args.silent_for)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, "text")
+    try:
+        trio.run(run, args)
+    except OSError as exc:
+        print(f"mdd sim: {exc}", file=sys.stderr)
+        return 1
+    return 0
