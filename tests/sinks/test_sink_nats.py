@@ -276,3 +276,39 @@ async def test_shutdown_while_nats_never_came(tmp_path: Path) -> None:
     assert health.state == "closed"
     assert sink.nc is None
     assert inbox.queued == 1  # never accepted by NATS: still counted as undelivered
+
+
+def test_subject_tokens_are_sanitized() -> None:
+    sink = NatsSink("nats://127.0.0.1:1")
+    quote = QuoteEvent("alpaca", "BRK.B", None, T0, 1, 1, 2, 2)
+    crypto = trade(1, "BTC/USD")
+    (s1, p1, h1), (s2, _p2, _h2) = sink.encode([quote, crypto])
+    assert s1 == "md.events.quote.BRK_B"  # one token: md.events.quote.* matches
+    assert loads(p1) == quote  # the payload keeps the venue's symbol
+    assert h1 is None
+    assert s2 == "md.events.trade.BTC/USD"
+
+
+async def test_server_refusal_goes_to_the_runner(nats_server_session: NatsServer) -> None:
+    """A batch JetStream rejects (message too large) is an error the runner logs and retries."""
+    prefix = unique("t.big")
+    stream = unique("TBIG")
+    async with trio_asyncio.open_loop():
+        nc = await connect(nats_server_session.url)
+        await trio_asyncio.aio_as_trio(nc.jetstream().add_stream)(
+            name=stream, subjects=[f"{prefix}.>"], max_msg_size=64
+        )
+        bus = Bus()
+        inbox = bus.add_sink("nats", 100)
+        health = SinkHealth("nats")
+        sink = NatsSink(
+            nats_server_session.url, subject_prefix=prefix, jetstream=True, stream=stream
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run, inbox, health)
+            bus.publish(trade(1))
+            await wait_until(lambda: "refused the batch" in health.last_error)
+            assert health.errors >= 1
+            assert sink.outages == 0  # not mistaken for an outage
+            nursery.cancel_scope.cancel()
+        await trio_asyncio.aio_as_trio(nc.close)()
