@@ -32,6 +32,7 @@ EXIT_USAGE: Final = 2
 #: Modules adding subcommands (each has ``add_parser(subparsers)``).
 COMMANDS: list[str] = []
 COMMANDS.append("mdd.bench")  # mdd bench
+COMMANDS.append("mdd.demo")  # mdd demo
 COMMANDS.append("mdd.sim.cli")  # mdd sim
 
 
