@@ -131,16 +131,23 @@ class _TrioWebsocketConnection:
 
     We open the TCP (or TLS) stream ourselves and keep it: trio-websocket's
     reader task does not close its stream when cancelled, so :meth:`aclose`
-    closes it explicitly after the (bounded) close handshake.
+    closes it explicitly after the (bounded) close handshake. The reader is
+    shielded (see :class:`_ReaderHost`) so that the close handshake completes
+    even while the session is being cancelled; :meth:`aclose` stops it.
     """
 
-    __slots__ = ("_close_timeout", "_stream", "_ws")
+    __slots__ = ("_close_timeout", "_reader", "_stream", "_ws")
 
     def __init__(
-        self, ws: trio_websocket.WebSocketConnection, stream: _Stream, close_timeout: float
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        stream: _Stream,
+        reader: _ReaderHost,
+        close_timeout: float,
     ) -> None:
         self._ws = ws
         self._stream = stream
+        self._reader = reader
         self._close_timeout = close_timeout
 
     async def get_message(self) -> str | bytes:
@@ -166,6 +173,7 @@ class _TrioWebsocketConnection:
                 pass
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self._stream)
+        self._reader.stop()
 
 
 _Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
@@ -223,9 +231,10 @@ class TrioWebsocketTransport:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
+            reader.stop()
             raise _connect_failure(exc, self.connect_timeout) from None
         assert stream is not None  # set before wrap_client_stream returned
-        return _TrioWebsocketConnection(ws, stream, self.close_timeout)
+        return _TrioWebsocketConnection(ws, stream, reader, self.close_timeout)
 
 
 class _ReaderHost:
@@ -239,16 +248,25 @@ class _ReaderHost:
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.on_error: Any = None
+        # Shielded: the reader must keep reading while a cancelled session
+        # closes the WebSocket (else every close waits out its timeout).
+        # The connection's aclose (always called) cancels it.
+        self._scope = trio.CancelScope(shield=True)
+
+    def stop(self) -> None:
+        """End the reader task (after the close handshake, or when connect failed)."""
+        self._scope.cancel("connection closed")
 
     async def run(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started(nursery)
-                await trio.sleep_forever()
-        except* _READER_ERRORS as group:
-            self.error = group.exceptions[0]
-            if self.on_error is not None:
-                self.on_error()
+        with self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    task_status.started(nursery)
+                    await trio.sleep_forever()
+            except* _READER_ERRORS as group:
+                self.error = group.exceptions[0]
+                if self.on_error is not None:
+                    self.on_error()
 
 
 _READER_ERRORS: Final = (

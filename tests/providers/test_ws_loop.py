@@ -296,3 +296,23 @@ async def test_subscribe_timeout_reconnects(autojump_clock: trio.testing.MockClo
             nursery.cancel_scope.cancel()
     assert "not acknowledged" in rig.health.last_error
     assert 5.0 <= server.connections[1] - server.connections[0] <= 5.0 + 1.3
+
+
+async def test_cancelling_a_provider_closes_promptly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Shutdown completes the close handshake at once instead of waiting out the close timeout."""
+    rig = Rig("sim")
+    server = ToyServer()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await server.serve(nursery, _stream)
+            nursery.start_soon(rig.collect)
+            async with trio.open_nursery() as providers:
+                await providers.start(_provider(rig, server.url).run, rig.gate)
+                await until(lambda: len(rig.of("trade")) >= 3)
+                cancelled_at = trio.current_time()
+                providers.cancel_scope.cancel()
+            assert trio.current_time() - cancelled_at < 0.5
+            nursery.cancel_scope.cancel()
+    assert rig.statuses()[-1] == "disconnected"
