@@ -39,6 +39,8 @@ from ..events import SYSTEM_SYMBOL, StatusEvent, now_ns
 from ._parse import Control, SampledLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import ProviderConfig
     from ..health import ProviderHealth
     from ..supervisor import Backoff
@@ -381,6 +383,9 @@ class WsProvider:
     max_send_rate: ClassVar[float] = 5.0
     #: Seconds between client keepalive messages (None: none needed).
     keepalive_interval: float | None = None
+    #: Raw capture hook (:mod:`mdd.capture`): called with (provider, connection URL,
+    #: ts_recv ns, frame) for every received frame, before parsing; None: off.
+    frame_tap: Callable[[str, str, int, str | bytes], None] | None = None
 
     def __init__(
         self,
@@ -578,11 +583,15 @@ class WsProvider:
         publish = outlet.publish
         health = self.health
         current_time = trio.current_time
+        tap = self.frame_tap
         while True:
             raw = await conn.get_message()
             session.last_rx = current_time()
+            ts_recv = time.time_ns()
+            if tap is not None:
+                tap(self.name, session.plan.url, ts_recv, raw)
             try:
-                items = parse(raw, time.time_ns(), session)
+                items = parse(raw, ts_recv, session)
             except ParseError as exc:
                 health.parse_errors += 1
                 self._bad("provider.parse_error provider=%s error=%s", self.name, exc)
