@@ -85,6 +85,13 @@ _TRANSIENT: Final = (
     OSError,
 )
 
+#: JetStream error code of a clustered stream still storing the same Nats-Msg-Id
+#: (active-active: both daemons publish each trade at nearly the same moment).
+DUPLICATE_IN_PROCESS: Final = 10158
+#: Tries, and seconds between them, for messages refused with that code.
+IN_PROCESS_RETRIES: Final = 20
+IN_PROCESS_PAUSE: Final = 0.02
+
 #: Characters that cannot appear inside one subject token: replaced by "_".
 _SUBJECT_UNSAFE: Final = str.maketrans(dict.fromkeys(". *>\t\r\n", "_"))
 
@@ -394,20 +401,30 @@ class NatsSink:
         """
         js = self._js
         timeout = self.ack_timeout
-        results = await asyncio.gather(
-            *(
-                js.publish(subject, payload, timeout=timeout, headers=headers)
-                for subject, payload, headers in msgs
-            ),
-            return_exceptions=True,
-        )
-        failures: list[BaseException] = []
         duplicates = 0
-        for r in results:
-            if isinstance(r, BaseException):
-                failures.append(r)
-            elif r.duplicate:
-                duplicates += 1
+        for _ in range(IN_PROCESS_RETRIES):
+            results = await asyncio.gather(
+                *(
+                    js.publish(subject, payload, timeout=timeout, headers=headers)
+                    for subject, payload, headers in msgs
+                ),
+                return_exceptions=True,
+            )
+            failures: list[BaseException] = []
+            again: list[Message] = []
+            for msg, r in zip(msgs, results, strict=True):
+                if isinstance(r, BaseException):
+                    if getattr(r, "err_code", None) == DUPLICATE_IN_PROCESS:
+                        again.append(msg)  # the same id from another daemon, being stored
+                    failures.append(r)
+                elif r.duplicate:
+                    duplicates += 1
+            if not again or len(again) < len(failures):
+                break
+            # Only in-process duplicates: ask again shortly; the answer is then a
+            # duplicate ack (the other copy was stored) or a store (it was not).
+            msgs = again
+            await asyncio.sleep(IN_PROCESS_PAUSE)
         if failures:
             # A refusal wins over connection trouble: it will not cure itself.
             refused = [
