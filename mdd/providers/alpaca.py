@@ -96,9 +96,14 @@ def _item(item: Any, ts_recv: int, provider: str) -> Event | Control:
             qty = float(item["s"])
             if not (0.0 < price < _INF and 0.0 <= qty < _INF):
                 raise ValueError(f"bad price/size {item['p']!r}/{item['s']!r}")
-            trade_id = item["i"]
-            if trade_id is None or isinstance(trade_id, bool | float | dict | list):
-                raise TypeError(f"bad trade id {trade_id!r}")
+            raw_id = item["i"]
+            if type(raw_id) is not int and type(raw_id) is not str:
+                raise TypeError(f"bad trade id {raw_id!r}")
+            exchange = item.get("x")
+            # Stock ids are unique per exchange, not per symbol: qualify them with
+            # the exchange code (cancels/corrections also name a trade by i + x),
+            # so (provider, symbol, trade_id) dedup never drops a real trade.
+            trade_id = str(raw_id) if exchange is None else f"{exchange}:{raw_id}"
             taker = item.get("tks")
             return TradeEvent(
                 provider,
@@ -108,7 +113,7 @@ def _item(item: Any, ts_recv: int, provider: str) -> Event | Control:
                 price,
                 qty,
                 None if taker is None else _TAKER[taker],
-                str(trade_id),
+                trade_id,
             )
         case {"T": "q"}:
             bid_px, bid_qty = float(item["bp"]), float(item["bs"])
@@ -165,7 +170,8 @@ def parse(raw: str | bytes, ts_recv: int, provider: str = "alpaca") -> Parsed:
     """Turn one Alpaca frame (a JSON array) into events and controls. Pure, no I/O.
 
     Symbols lose their separator (``BTC/USD`` -> ``BTCUSD``). Stock trades have
-    ``side`` None; crypto ``tks`` gives ``buy``/``sell``. Bars, cancels,
+    ``side`` None and ``trade_id`` ``"<exchange>:<id>"`` (ids are unique per
+    exchange only); crypto trades keep the bare id, and ``tks`` gives the side. Bars, cancels,
     corrections, statuses and LULDs are :class:`Control` (with the decoded
     item in ``data``): the event model has no slot for them.
 

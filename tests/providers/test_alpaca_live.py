@@ -99,7 +99,10 @@ async def test_stocks_end_to_end_into_the_bus(autojump_clock: trio.testing.MockC
     assert all(t.side is None for t in trades)  # stocks carry no aggressor side
     assert all(t.ts_exchange for t in trades)
     sent = list(server.sent_trades)
-    assert [(t.symbol, t.trade_id) for t in trades] == sent[: len(trades)]
+    # Stock ids are qualified with the exchange code ("V:123"): unique per symbol.
+    assert all(":" in t.trade_id for t in trades)
+    got = [(t.symbol, t.trade_id.split(":", 1)[1]) for t in trades]
+    assert got == sent[: len(trades)]
     assert rig.statuses("AAPL")[:2] == ["connected", "subscribed"]
     assert rig.health.parse_errors == 0
 

@@ -49,7 +49,7 @@ def test_errors(case: str, code: int, msg: str) -> None:
 
 def test_stock_trade_has_no_side_and_exact_time() -> None:
     (t,) = items("stock_trade")
-    assert t == TradeEvent("al", "AAPL", 1614009104208_000_000, RECV, 126.55, 1.0, None, "96921")
+    assert t == TradeEvent("al", "AAPL", 1614009104208_000_000, RECV, 126.55, 1.0, None, "D:96921")
 
 
 def test_timestamp_without_fraction() -> None:
