@@ -316,3 +316,41 @@ async def test_cancelling_a_provider_closes_promptly(
             assert trio.current_time() - cancelled_at < 0.5
             nursery.cancel_scope.cancel()
     assert rig.statuses()[-1] == "disconnected"
+
+
+async def test_a_blocking_sink_slows_the_provider_without_losing_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Backpressure: with a full ``block`` lane the loop waits once per frame; nothing is lost."""
+
+    async def burst(server: ToyServer, request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for i in range(200):
+            await ws.send_message(f"t:{i}")
+        await trio.sleep_forever()
+
+    rig = Rig("sim")
+    slow = rig.bus.add_sink("slow", 10, policy="block")
+    got: list[str] = []
+    peak = 0
+
+    async def slow_sink() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, slow.queued)
+            batch = await slow.receive_batch(max_items=5)
+            got.extend(e.trade_id for e in batch if isinstance(e, TradeEvent))
+            await trio.sleep(0.1)
+
+    server = ToyServer()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await server.serve(nursery, burst)
+            nursery.start_soon(rig.collect)
+            nursery.start_soon(slow_sink)
+            await nursery.start(_provider(rig, server.url).run, rig.gate)
+            await until(lambda: len(got) >= 200)
+            nursery.cancel_scope.cancel()
+    assert got == [str(i) for i in range(200)]
+    assert peak <= 10 + 1  # never more than one frame past the lane's capacity
+    assert slow.stats().total_dropped == 0
