@@ -372,7 +372,8 @@ class WsProvider:
         channels: ``trade``/``quote``/``book``.
         health: updated as the provider runs.
         transport: overrides ``config.transport`` (tests, benchmarks).
-        stale_after: reconnect when no message at all arrives for this long.
+        stale_after: reconnect when no message at all arrives for this long
+            (default: the venue's :attr:`default_stale_after`).
         subscribe_timeout: reconnect when the subscription is not acknowledged in time.
         max_lifetime: reconnect proactively after this long (venue lifetime cut).
         rng: jitter source (tests pass a seeded one).
@@ -383,6 +384,8 @@ class WsProvider:
     max_send_rate: ClassVar[float] = 5.0
     #: Seconds between client keepalive messages (None: none needed).
     keepalive_interval: float | None = None
+    #: No message at all for this long means a dead or stalled connection.
+    default_stale_after: ClassVar[float] = DEFAULT_STALE_AFTER
     #: Raw capture hook (:mod:`mdd.capture`): called with (provider, connection URL,
     #: ts_recv ns, frame) for every received frame, before parsing; None: off.
     frame_tap: Callable[[str, str, int, str | bytes], None] | None = None
@@ -395,7 +398,7 @@ class WsProvider:
         health: ProviderHealth,
         *,
         transport: Transport | None = None,
-        stale_after: float = DEFAULT_STALE_AFTER,
+        stale_after: float | None = None,
         subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
         max_lifetime: float | None = None,
         rng: random.Random | None = None,
@@ -406,7 +409,7 @@ class WsProvider:
         self.channels = channels
         self.health = health
         self.transport = transport if transport is not None else make_transport(config.transport)
-        self.stale_after = stale_after
+        self.stale_after = stale_after if stale_after is not None else self.default_stale_after
         self.subscribe_timeout = subscribe_timeout
         self.max_lifetime = max_lifetime
         self._rng = rng or random.Random()

@@ -46,6 +46,8 @@ LOGGER = logging.getLogger("mdd.providers.alpaca")
 
 #: Least delay before retrying after an auth failure or the 406 connection limit.
 AUTH_RETRY: Final = 60.0
+#: Silence (no message at all) after which the connection is reopened, seconds.
+STALE_AFTER: Final = 600.0
 #: Dry-run heartbeat period, seconds.
 DRY_RUN_INTERVAL: Final = 5.0
 #: Error codes that mean "your credentials": never retried quickly.
@@ -215,6 +217,10 @@ class AlpacaProvider(WsProvider):
 
     kind = "alpaca"
     max_send_rate = 10.0
+    #: Stocks are silent outside market hours and the server sends no JSON
+    #: heartbeat; a reconnect also risks 406 for ~90 s. Only a long silence
+    #: counts as a dead connection (data staleness is the supervisor's call).
+    default_stale_after = STALE_AFTER
 
     def __init__(
         self,

@@ -171,3 +171,17 @@ async def test_connection_limit_is_retried_slowly_then_recovers(
             assert trio.current_time() >= 60
             nursery.cancel_scope.cancel()
     assert server.connections == 2
+
+
+def test_quiet_markets_get_a_long_stale_threshold() -> None:
+    """Stocks are silent after hours: only a long silence reopens the connection."""
+    from mdd.providers.binance import BinanceProvider
+
+    health = Rig("x").health
+    url = "ws://127.0.0.1:9/v2/iex"
+    assert AlpacaProvider(config("alpaca", url), ("AAPL",), ("trade",), health).stale_after == 600
+    assert (
+        BinanceProvider(config("binance", url), ("BTCUSDT",), ("trade",), health).stale_after == 30
+    )
+    short = AlpacaProvider(config("alpaca", url), ("AAPL",), ("trade",), health, stale_after=5.0)
+    assert short.stale_after == 5.0
