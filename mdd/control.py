@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import trio
 
-from .errors import ControlError
+from .errors import ControlError, MddError
 from .services import providers_view, status_view
 
 if TYPE_CHECKING:
@@ -113,12 +113,15 @@ async def cmd_failover(ctx: ControlContext, request: dict[str, Any]) -> Any:
         )
     previous = supervisor.active
     force = getattr(supervisor, "force", None)
-    if callable(force):
-        outcome = force(provider)
-        if inspect.isawaitable(outcome):
-            await outcome
-    else:
-        supervisor.activate(provider, "forced by mdd-ctl")
+    try:
+        if callable(force):
+            outcome = force(provider, reason="forced by mdd-ctl")
+            if inspect.isawaitable(outcome):
+                await outcome
+        else:
+            supervisor.activate(provider, "forced by mdd-ctl")
+    except MddError as exc:  # e.g. FailoverError: this feed cannot switch
+        raise RequestError(str(exc)) from None
     LOGGER.info("control.failover feed=%s from=%s to=%s", feed, previous, provider)
     return {"feed": feed, "previous": previous, "active": supervisor.active}
 

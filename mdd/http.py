@@ -6,6 +6,7 @@
 ``GET /latest?symbol=S``  latest stored trade and quote of ``S`` (SQLite sink)
 ``GET /bus-stats``        per-sink capacity, queued, fill, drops; overall backpressure
 ``GET /providers``        every provider: role, state, counters, last message age
+``GET /book?symbol=S``    live L2 book of ``S`` (``&depth=N``, ``&provider=P``)
 ========================  ===========================================================
 
 Every error is JSON, ``{"error": "..."}``: 404 for an unknown path, 405 (with
@@ -33,7 +34,7 @@ import orjson
 import trio
 
 from .errors import MddError
-from .metrics import REGISTRY
+from .metrics import REGISTRY, register_daemon, unregister_daemon
 from .services import (
     health_verdict,
     providers_view,
@@ -317,6 +318,44 @@ async def status(ctx: HttpContext, query: Query) -> Response:
     return json_response(status_view(ctx.daemon, ctx.meter))
 
 
+#: Levels a side ``/book`` serves by default, and at most.
+BOOK_DEPTH: Final = 20
+MAX_BOOK_DEPTH: Final = 5000
+
+
+async def book(ctx: HttpContext, query: Query) -> Response:
+    """The live L2 book of ``?symbol=``: top ``&depth=`` levels a side (default 20).
+
+    Served from the providers' local books (:data:`mdd.books.BOOKS`), restricted
+    to this daemon's providers; a synced book of a feed's active provider is
+    preferred, ``&provider=`` picks one. ``"synced": false`` means the book is
+    being resynced after a gap and its levels are not to be trusted. 404 when
+    no provider keeps a book of the symbol (no ``book`` channel).
+    """
+    from .books import BOOKS, book_view
+
+    symbol = parse_symbol(query)
+    raw = query.get("depth")
+    depth = BOOK_DEPTH
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_BOOK_DEPTH:
+            raise HttpError(400, f"depth must be an integer from 1 to {MAX_BOOK_DEPTH}")
+        depth = int(raw)
+    daemon = ctx.daemon
+    mine = {name for feed in daemon.config.feeds for name in feed.providers}
+    wanted = query.get("provider")
+    books = [
+        b
+        for b in BOOKS.for_symbol(symbol)
+        if b.provider in mine and (wanted is None or b.provider == wanted)
+    ]
+    if not books:
+        raise HttpError(404, f"no order book of {symbol} (is the book channel on for it?)")
+    active = {sup.active for sup in daemon.feeds.values()}
+    books.sort(key=lambda b: (not b.synced, b.provider not in active))
+    return json_response(book_view(books[0], depth))
+
+
 #: Path -> route. Other modules add theirs (``ROUTES["/book"] = Route(book)``).
 ROUTES: dict[str, Route] = {
     "/health": Route(health),
@@ -325,6 +364,7 @@ ROUTES: dict[str, Route] = {
     "/bus-stats": Route(bus_stats),
     "/providers": Route(providers),
     "/status": Route(status),
+    "/book": Route(book),
 }
 
 
@@ -437,6 +477,9 @@ async def serve_http(
 ) -> None:
     """Serve the API on ``[http] host:port`` until cancelled (a daemon service).
 
+    The daemon's bus, provider and sink state is exported on ``/metrics``
+    (:func:`mdd.metrics.register_daemon`) while this serves.
+
     ``task_status.started`` gets the bound address, ``http://host:port`` (the
     real port when the config says 0). The daemon's root cancel ends it, so
     ``/health`` answers (503, stopping) throughout a graceful shutdown.
@@ -462,6 +505,7 @@ async def serve_http(
             sock.listen(cfg.backlog)
         asgi: Any = App(daemon, meter)  # hypercorn types scopes as TypedDicts
         app = wrap_app(asgi, cfg.wsgi_max_body_size, "asgi")
+        register_daemon(daemon)  # bus, provider and sink state on /metrics, read at scrape time
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 functools.partial(
@@ -472,5 +516,6 @@ async def serve_http(
             LOGGER.info("http.serving address=%s", address)
             task_status.started(address)
     finally:
+        unregister_daemon()
         for sock in sockets.insecure_sockets:
             sock.close()

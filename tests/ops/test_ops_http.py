@@ -73,6 +73,8 @@ async def test_health_bus_stats_providers_status_metrics(tmp_path: Path) -> None
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert "# HELP mdd_failovers_total" in r.text
+        assert 'mdd_bus_capacity{sink="jsonl"} 10000.0' in r.text
+        assert 'mdd_provider_active{feed="crypto",provider="sim"} 1.0' in r.text
 
         r = await c.get("/metrics", headers={"accept": "application/openmetrics-text"})
         assert r.status_code == 200
