@@ -33,6 +33,8 @@ EXIT_USAGE: Final = 2
 COMMANDS: list[str] = []
 COMMANDS.append("mdd.bench")  # mdd bench
 COMMANDS.append("mdd.demo")  # mdd demo
+COMMANDS.append("mdd.capture")  # mdd record
+COMMANDS.append("mdd.replay")  # mdd replay
 COMMANDS.append("mdd.sim.cli")  # mdd sim
 
 
