@@ -520,11 +520,41 @@ def _report(
     }
 
 
-def bench_consumer(n: int = 200_000) -> dict[str, Any]:
-    """Feature-engine throughput: trades through the consumer's state and features."""
-    from .consumer import bench as consumer_bench  # type: ignore[attr-defined]
+def bench_consumer(n: int = 200_000, *, batch: int = 1000) -> dict[str, Any]:
+    """Consumer throughput: encoded trades and quotes through decode, state, features, signals.
 
-    return dict(consumer_bench(n))
+    Drives :meth:`mdd.consumer.service.ConsumerService.process_batch` (what the
+    consumer runs per NATS batch) with pre-encoded events for two symbols, one
+    quote per four trades; input is built before the clock starts.
+    """
+    from .consumer.config import ConsumerConfig
+    from .consumer.service import ConsumerService
+    from .events import QuoteEvent, TradeEvent, dumps
+
+    service = ConsumerService(ConsumerConfig())
+    now_ns = time.time_ns()
+    msgs: list[tuple[str, bytes, int]] = []
+    for i in range(n):
+        sym = "BTCUSDT" if i & 1 else "ETHUSDT"
+        ts = now_ns + i * 10_000
+        price = 50_000.0 + (i % 97) * 0.5
+        if i % 5 == 4:
+            ev: Any = QuoteEvent("bench", sym, ts, ts, price - 0.5, 1.0, price + 0.5, 1.0)
+        else:
+            ev = TradeEvent("bench", sym, ts, ts, price, 0.01, "buy" if i & 2 else "sell", str(i))
+        msgs.append((f"md.events.{ev.type}.{sym}", dumps(ev), ts))
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        service.process_batch(msgs[start : start + batch], 0.0)
+    seconds = time.perf_counter() - t0
+    return {
+        "events": n,
+        "batch": batch,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(n / seconds),
+        "features_computed": service.feature_computations,
+        "signals": sum(service.signal_counts.values()),
+    }
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -613,7 +643,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         elif args.consumer:
             r = bench_consumer(args.events or 200_000)
             reports.append({"bench": "consumer", **r})
-            print(f"mdd bench --consumer: {r}")
+            print(
+                f"mdd bench --consumer: {r['events']} events in {r['seconds']} s = "
+                f"{r['events_per_s']:,} events/s (decode, state, features, signals)"
+            )
         else:
             transports = TRANSPORTS if args.transport == "both" else (args.transport,)
             for name in transports:

@@ -102,3 +102,13 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_book_bench(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--book", "--events", "2000"]) == 0
     assert "level changes/s" in capsys.readouterr().out
+
+
+def test_cli_consumer_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c.json"
+    assert main(["bench", "--consumer", "--events", "3000", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bench"] == "consumer"
+    assert report["events"] == 3000
+    assert report["features_computed"] > 0
+    assert "events/s (decode, state, features, signals)" in capsys.readouterr().out
