@@ -205,6 +205,7 @@ class NatsSink:
         self._down_since: float | None = None
         self._last_error = ""
         self._closing = False
+        self._refusal: BaseException | None = None
         self.published = 0
         self.duplicates = 0
         self.outages = 0
@@ -252,6 +253,8 @@ class NatsSink:
         # nats-py callbacks run on the asyncio side: plain state only, never a trio await.
         async def on_error(exc: Exception) -> None:
             self._last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, nats.js.errors.APIError):
+                self._refusal = exc  # an error ack of publish_async lands here
             if not nc.is_connected and not self._closing:
                 self._down(self._last_error)
 
@@ -393,38 +396,39 @@ class NatsSink:
     async def _aio_publish_js(self, msgs: list[Message]) -> None:
         """asyncio side: publish a batch to JetStream, all in flight at once, await every ack.
 
-        ``js.publish`` per message under one ``gather`` rather than
-        ``publish_async``: nats-py 2.16 drops an error ack of ``publish_async``
-        (its reply handler raises instead of failing the future), so a refused
-        message would look like a timeout; ``js.publish`` raises the server's
-        error. Costs ~30 % of the acked rate, measured.
+        ``publish_async`` keeps one future per message and no task, ~2-3x the
+        acked rate of gathering ``js.publish`` calls under trio-asyncio
+        (measured). nats-py 2.16 does not fail the future of an error ack (its
+        reply handler raises into ``error_cb`` instead), so a refusal is also
+        picked up from ``error_cb`` when acks are missing at the deadline.
         """
         js = self._js
-        timeout = self.ack_timeout
+        self._refusal = None
+        futures = [
+            await js.publish_async(subject, payload, headers=headers)
+            for subject, payload, headers in msgs
+        ]
+        done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
+        for future in pending:
+            future.cancel()
+        failures: list[BaseException] = []
         duplicates = 0
-        for _ in range(IN_PROCESS_RETRIES):
-            results = await asyncio.gather(
-                *(
-                    js.publish(subject, payload, timeout=timeout, headers=headers)
-                    for subject, payload, headers in msgs
-                ),
-                return_exceptions=True,
+        for future in done:
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is not None:
+                failures.append(exc)
+            elif future.result().duplicate:
+                duplicates += 1
+        if pending:
+            failures.append(
+                self._refusal
+                or TimeoutError(
+                    f"{len(pending)} of {len(futures)} JetStream acks missing "
+                    f"after {self.ack_timeout}s"
+                )
             )
-            failures: list[BaseException] = []
-            again: list[Message] = []
-            for msg, r in zip(msgs, results, strict=True):
-                if isinstance(r, BaseException):
-                    if getattr(r, "err_code", None) == DUPLICATE_IN_PROCESS:
-                        again.append(msg)  # the same id from another daemon, being stored
-                    failures.append(r)
-                elif r.duplicate:
-                    duplicates += 1
-            if not again or len(again) < len(failures):
-                break
-            # Only in-process duplicates: ask again shortly; the answer is then a
-            # duplicate ack (the other copy was stored) or a store (it was not).
-            msgs = again
-            await asyncio.sleep(IN_PROCESS_PAUSE)
         if failures:
             # A refusal wins over connection trouble: it will not cure itself.
             refused = [

@@ -302,7 +302,11 @@ async def test_server_refusal_goes_to_the_runner(nats_server_session: NatsServer
         inbox = bus.add_sink("nats", 100)
         health = SinkHealth("nats")
         sink = NatsSink(
-            nats_server_session.url, subject_prefix=prefix, jetstream=True, stream=stream
+            nats_server_session.url,
+            subject_prefix=prefix,
+            jetstream=True,
+            stream=stream,
+            ack_timeout=0.5,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run, inbox, health)
