@@ -206,6 +206,8 @@ async def test_unhealthy_503_with_reasons_and_no_secrets(tmp_path: Path) -> None
     secret = "SEKRETKEY0123456789"
     config = ops_config(
         tmp_path,
+        # The failing sink cannot drain: keep the shutdown short.
+        daemon={"name": "opsd", "state_dir": str(tmp_path), "shutdown_grace": 0.2},
         providers={
             "dead": {"kind": "binance", "url": "ws://127.0.0.1:9"},
             "alpaca": {"key": secret, "secret": "SHHHH-the-secret", "dry_run": True},
