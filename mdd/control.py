@@ -129,13 +129,22 @@ async def cmd_failover(ctx: ControlContext, request: dict[str, Any]) -> Any:
 async def cmd_reconnect(ctx: ControlContext, request: dict[str, Any]) -> Any:
     """Drop and reopen ``provider``'s connection in every feed it serves (no backoff)."""
     provider = _arg(request, "provider")
-    done = []
+    done, idle = [], []
     for name, supervisor in ctx.daemon.feeds.items():
         runner = supervisor.runners.get(provider)
-        if runner is not None:
+        if runner is None:
+            continue
+        if runner.health.running:
             runner.reconnect()
             done.append(name)
+        else:
+            idle.append(name)
     if not done:
+        if idle:
+            raise RequestError(
+                f"provider {provider!r} is not running (an idle backup in {', '.join(idle)}); "
+                "use failover to start it"
+            )
         known = sorted({p for s in ctx.daemon.feeds.values() for p in s.runners})
         raise RequestError(f"unknown provider {provider!r}; providers: {', '.join(known)}")
     LOGGER.info("control.reconnect provider=%s feeds=%s", provider, done)

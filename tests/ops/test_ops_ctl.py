@@ -66,6 +66,11 @@ async def test_every_command_against_a_running_daemon(tmp_path: Path) -> None:
         code, out, _ = await ctl_main("--socket", sock, "providers", "--json")
         assert orjson.loads(out)["feeds"]["crypto"]["providers"]["sim"]["role"] == "active"
 
+        # The backup is idle (not hot standby): nothing to reconnect yet.
+        code, _, err = await ctl_main("--socket", sock, "reconnect", "sim2")
+        assert code == 1
+        assert "provider 'sim2' is not running (an idle backup in crypto)" in err
+
         code, out, err = await ctl_main("--socket", sock, "failover", "crypto", "sim2")
         assert (code, err) == (0, "")
         assert out.strip() == "feed crypto: active provider sim -> sim2"
