@@ -19,7 +19,7 @@ from typing import Any, Final
 import trio
 
 from . import __version__
-from .config import PROVIDER_KINDS, Config, load_config
+from .config import PROVIDER_KINDS, Config, load_config, read_document
 from .errors import ConfigError
 from .logs import setup_logging
 
@@ -155,24 +155,38 @@ def adhoc_document(
     return doc
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_config(args: argparse.Namespace) -> Config:
+    """The configuration ``mdd run`` runs: one feed per provider, plus ``--config`` if given.
+
+    Raises:
+        ConfigError: bad arguments or a bad base config file.
+    """
     names = [p.strip() for p in args.provider.split(",") if p.strip()]
-    if names == ["all"]:
-        names = [k for k in PROVIDER_KINDS if k != "sim"]
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    file_doc = read_document(args.config) if args.config else {}
+    configured = file_doc.get("providers", {})
+    if names == ["all"]:
+        # Every provider the config file defines, else every venue mdd knows.
+        names = list(configured) or [k for k in PROVIDER_KINDS if k != "sim"]
     base = adhoc_document(names, symbols, channels, args.url)
-    try:
-        if args.config:
-            file_cfg = load_config(args.config, overrides=_overrides(args))
-            cfg = load_config(None, base=base, overrides=_overrides(args))
-            import attrs
+    if args.config:
+        providers = dict(configured)
+        for name in names:
+            if name not in providers or args.url:
+                providers[name] = {**providers.get(name, {}), **base["providers"][name]}
+        base = {
+            **file_doc,
+            "providers": providers,
+            "feeds": base["feeds"],
+            "sinks": file_doc.get("sinks", base["sinks"]),
+        }
+    return load_config(None, base=base, overrides=_overrides(args))
 
-            cfg = attrs.evolve(
-                file_cfg, providers={**file_cfg.providers, **cfg.providers}, feeds=cfg.feeds
-            )
-        else:
-            cfg = load_config(None, base=base, overrides=_overrides(args))
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = run_config(args)
     except ConfigError as exc:
         print(f"mdd: invalid arguments: {exc}", file=sys.stderr)
         return EXIT_USAGE

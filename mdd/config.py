@@ -583,6 +583,24 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str], origins: ConfigOrigi
         _set(data, path, _env_value(raw), origins, f"environment {name}")
 
 
+def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file into a dict (no validation).
+
+    Raises:
+        ConfigError: missing or unreadable file, or not valid TOML.
+    """
+    source = str(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(source, "-", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, "-", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None,
     *,
@@ -604,15 +622,7 @@ def load_config(
     source = str(path) if path is not None else "<command line>"
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(source, "-", "file not found") from None
-        except OSError as exc:
-            raise ConfigError(source, "-", f"cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+        data = read_document(path)
     origins = ConfigOrigins(source)
     apply_env(data, os.environ if env is None else env, origins)
     for dotted, value in (overrides or {}).items():

@@ -154,3 +154,28 @@ def test_adhoc_run_with_bad_provider_is_a_usage_error(tmp_path: Path) -> None:
     result = run("run", "--provider", "kraken", "--symbols", "X", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown provider 'kraken'" in result.stderr
+
+
+def test_run_all_takes_the_configured_providers(tmp_path: Path) -> None:
+    from mdd.cli import build_parser, run_config
+
+    base = tmp_path / "base.toml"
+    base.write_text(
+        "[providers.binance]\nurl = 'ws://127.0.0.1:9001'\n"
+        "[providers.backup]\nkind = 'bybit'\nurl = 'ws://127.0.0.1:9002/v5/public/spot'\n"
+        "[sinks.jsonl]\n"
+    )
+    args = build_parser().parse_args(
+        ["run", "--provider", "all", "--symbols", "BTCUSDT", "--config", str(base)]
+    )
+    cfg = run_config(args)
+    assert [f.name for f in cfg.feeds] == ["binance", "backup"]
+    assert cfg.providers["binance"].url == "ws://127.0.0.1:9001"  # the file's, not the default
+    assert cfg.providers["backup"].kind == "bybit"
+    assert set(cfg.sinks.enabled()) == {"jsonl", "metrics"}
+    args = build_parser().parse_args(["run", "--provider", "all", "--symbols", "BTCUSDT"])
+    assert [f.name for f in run_config(args).feeds] == ["binance", "bybit", "alpaca"]
+    args = build_parser().parse_args(
+        ["run", "--provider", "bybit", "--symbols", "X", "--url", "ws://127.0.0.1:1/v5"]
+    )
+    assert run_config(args).providers["bybit"].url == "ws://127.0.0.1:1/v5"
