@@ -48,7 +48,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         price REAL NOT NULL,
         qty REAL NOT NULL,
         side TEXT,
-        trade_id TEXT NOT NULL,
+        trade_id TEXT,  -- NULL when the venue gives none: such trades are never merged
         UNIQUE(provider, symbol, trade_id)
     );
     CREATE INDEX trades_symbol_ts ON trades(symbol, ts_recv);

@@ -246,7 +246,7 @@ class SqliteSink:
                         e.price,
                         e.qty,
                         e.side,
-                        e.trade_id,
+                        e.trade_id or None,
                     )
                 )
             elif isinstance(e, QuoteEvent):

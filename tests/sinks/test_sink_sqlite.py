@@ -141,6 +141,10 @@ async def test_idempotent_insert_counts_duplicates(tmp_path: Path) -> None:
     assert count(path) == 4
     assert sink.duplicates == 6
     assert metric("mdd_sqlite_duplicate_trades_total") - dup_before == 6
+    # A trade without a venue id (empty) is stored every time, never merged.
+    no_id = TradeEvent("alpaca", "AAPL", T0, T0, 1.0, 1.0, None, "")
+    await sink.write([no_id, no_id])
+    assert count(path) == 6
     await sink.close()
 
 
