@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 import trio
 
 from . import _alpaca, _binance, _bybit
+from ._binance import depth_snapshot as binance_depth_snapshot
 from ._options import Faults as Faults
 from ._options import SimOptions as SimOptions
 from ._server import Router
@@ -107,4 +108,12 @@ async def serve_sims(
     raise AssertionError("unreachable")
 
 
-__all__ = ["VENUES", "Faults", "SimOptions", "SimServer", "serve_sim", "serve_sims"]
+__all__ = [
+    "VENUES",
+    "Faults",
+    "SimOptions",
+    "SimServer",
+    "binance_depth_snapshot",
+    "serve_sim",
+    "serve_sims",
+]

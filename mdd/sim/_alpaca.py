@@ -136,7 +136,7 @@ class AlpacaSession(Session):
             for s in self.server.sessions_on(self.path)
             if s is not self and isinstance(s, AlpacaSession) and s.authenticated
         ]
-        if others or self.faults.refuse_connections:
+        if others or self.server.is_refusing():
             await self._error(406)
             self.close(1008, "connection limit exceeded")
             return

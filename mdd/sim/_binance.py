@@ -331,6 +331,23 @@ class BinanceSession(Session):
         return self._wrap("sim@mystery", data)
 
 
+def depth_snapshot(server: SimServer, symbol: str, limit: int = 100) -> dict[str, Any]:
+    """``GET /api/v3/depth`` body for a symbol: the live book, aligned with the streams.
+
+    Its ``lastUpdateId`` is the book's current update id, so a client that
+    buffered ``@depth`` events can sync by Binance's rule (drop ``u <=
+    lastUpdateId``; the first applied event has ``U <= lastUpdateId+1 <= u``).
+    """
+    state = server.market.ensure(symbol.upper())
+    dec_p, dec_q = state.spec.price_decimals, state.spec.qty_decimals
+    last, bids, asks = state.book.snapshot(limit)
+    return {
+        "lastUpdateId": last,
+        "bids": [[_px(p, dec_p), _px(q, dec_q)] for p, q in bids],
+        "asks": [[_px(p, dec_p), _px(q, dec_q)] for p, q in asks],
+    }
+
+
 def route(server: SimServer, path: str) -> type[Session] | int:
     """Session class for a request path, or the HTTP status to reject it with."""
     base, _, query = path.partition("?")

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("mdd.sim.market")
 
-#: Steps kept for connections that lag; a connection further behind skips ahead.
-RING_SIZE: Final = 8192
+#: Shortest ticker sleep; faster rates make several steps per tick (bursts).
+MIN_TICK: Final = 0.01
 #: Levels kept in each step's view of the book (Bybit orderbook.50 and Binance depth20 need it).
 VIEW_DEPTH: Final = 50
 #: The book keeps between these many levels a side.
@@ -58,6 +58,7 @@ START_PRICES: Final = {
     "FAKEPACA": 134.0,
 }
 SIDES: Final[tuple[Side, Side]] = ("bid", "ask")
+SPREADS: Final = (1, 1, 1, 2, 3)
 POW10: Final[list[int]] = [10**i for i in range(20)]
 NS: Final = 1_000_000_000
 MINUTE_NS: Final = 60 * NS
@@ -170,10 +171,12 @@ class SymbolState:
     def __init__(self, spec: SymbolSpec, rng: random.Random, clock: SimClock, seq: int = 0) -> None:
         self.spec = spec
         self.rng = rng
+        #: Compute top-50 view deltas (Bybit orderbook.50 needs them; they cost).
+        self.track_deltas = True
         scale = 10**spec.price_decimals
         self.mid = max(2, round(spec.start_price * scale))
         self.gap = max(1, round(self.mid * 1e-6))
-        self.sigma = max(1.0, self.mid * 5e-6)
+        self.sigma = max(1.0, self.mid * 2e-6)
         self.book = SimBook(last_update_id=rng.randint(10**8, 10**10))
         self.next_trade_id = rng.randint(10**6, 10**9)
         self.u1 = rng.randint(10**5, 10**6)
@@ -241,39 +244,35 @@ class SymbolState:
             trades.append(SimTrade(self.next_trade_id, price, qty, taker_buy, now))
             self.next_trade_id += 1
         self.mid = max(4 * self.gap + 2, self.mid + move)
-        spread = rng.choice((1, 1, 1, 2, 3))
+        spread = SPREADS[int(rng.random() * len(SPREADS))]
         bid_top = self.mid - (spread + 1) // 2
         ask_top = bid_top + spread
         # Uncross: remove levels through the new touch, then fill up to it.
-        for price, _ in book.top("bid", 64):
-            if price < ask_top:
-                break
-            book.stage("bid", price, 0)
-        for price, _ in book.top("ask", 64):
-            if price > bid_top:
-                break
-            book.stage("ask", price, 0)
+        while (bb := book.best("bid")) is not None and bb[0] >= ask_top:
+            book.stage("bid", bb[0], 0)
+        while (ba := book.best("ask")) is not None and ba[0] <= bid_top:
+            book.stage("ask", ba[0], 0)
         best_bid = book.best("bid")
         price = bid_top
         for _ in range(20):
             if best_bid is not None and price <= best_bid[0]:
                 break
             book.stage("bid", price, self.level_size())
-            price -= rng.randint(1, 2 * self.gap)
+            price -= 1 + int(rng.random() * 2 * self.gap)
         best_ask = book.best("ask")
         price = ask_top
         for _ in range(20):
             if best_ask is not None and price >= best_ask[0]:
                 break
             book.stage("ask", price, self.level_size())
-            price += rng.randint(1, 2 * self.gap)
+            price += 1 + int(rng.random() * 2 * self.gap)
         # Churn: resize or cancel a few resting levels near the top.
-        for _ in range(rng.randint(1, 3)):
-            churn_side = SIDES[rng.randint(0, 1)]
-            levels = book.top(churn_side, 20)
-            if len(levels) < 2:
+        for _ in range(1 + int(rng.random() * 3)):
+            churn_side = SIDES[rng.random() < 0.5]
+            n = min(20, book.depth(churn_side))
+            if n < 2:
                 continue
-            lvl_price, _ = levels[rng.randint(1, len(levels) - 1)]
+            lvl_price = book.price_at(churn_side, int(rng.random() * (n - 1)) + 1)
             size = 0 if rng.random() < 0.2 else self.level_size()
             book.stage(churn_side, lvl_price, size)
         for sd in SIDES:
@@ -281,7 +280,9 @@ class SymbolState:
             while book.depth(sd) < MIN_LEVELS:
                 worst = book.worst(sd)
                 base = worst if worst is not None else self.mid
-                book.stage(sd, base + sign * rng.randint(1, 2 * self.gap), self.level_size())
+                book.stage(
+                    sd, base + sign * 1 + int(rng.random() * 2 * self.gap), self.level_size()
+                )
             while book.depth(sd) > MAX_LEVELS:
                 worst = book.worst(sd)
                 assert worst is not None
@@ -289,9 +290,12 @@ class SymbolState:
         first, last, bid_changes, ask_changes = book.commit()
         bids = tuple(book.top("bid", VIEW_DEPTH))
         asks = tuple(book.top("ask", VIEW_DEPTH))
-        delta_bids = tuple(diff_levels(self.view_bids, bids))
-        delta_asks = tuple(diff_levels(self.view_asks, asks))
-        if delta_bids or delta_asks:
+        if self.track_deltas:
+            delta_bids = tuple(diff_levels(self.view_bids, bids))
+            delta_asks = tuple(diff_levels(self.view_asks, asks))
+        else:
+            delta_bids = delta_asks = ()
+        if delta_bids or delta_asks or not self.track_deltas:
             self.u50 += 1
         self.view_bids, self.view_asks = bids, asks
         top = (book.best("bid"), book.best("ask"))
@@ -357,12 +361,13 @@ class SymbolState:
 class Market:
     """All symbols of one simulated venue plus the ring of recent steps."""
 
-    def __init__(self, options: SimOptions) -> None:
+    def __init__(self, options: SimOptions, *, track_deltas: bool = True) -> None:
         self.options = options
+        self.track_deltas = track_deltas
         self.rng = random.Random(options.seed)
         self.clock = SimClock()
         self.symbols: dict[str, SymbolState] = {}
-        self.steps: collections.deque[Step] = collections.deque(maxlen=RING_SIZE)
+        self.steps: collections.deque[Step] = collections.deque(maxlen=max(1, options.backlog))
         self.base = 0  # index of steps[0]
         self.seq = self.rng.randint(10**9, 10**10)
         self._listeners: set[Callable[[], None]] = set()
@@ -379,6 +384,7 @@ class Market:
         state = self.symbols.get(symbol)
         if state is None:
             state = SymbolState(spec_for(symbol), self.rng, self.clock, self.seq)
+            state.track_deltas = self.track_deltas
             self.symbols[symbol] = state
         return state
 
@@ -422,7 +428,9 @@ class Market:
         """
         if self.options.rate <= 0:
             await trio.sleep_forever()
-        interval = 1.0 / self.options.rate
+        interval = max(1.0 / self.options.rate, MIN_TICK)
+        per_tick = self.options.rate * interval
+        owed = 0.0
         deadline = trio.current_time()
         while True:
             deadline += interval
@@ -430,7 +438,12 @@ class Market:
             if deadline < now - 1.0:
                 deadline = now  # fell far behind: don't burst a whole backlog
             await trio.sleep_until(deadline)
-            self.advance()
+            owed += per_tick
+            n = int(owed + 1e-9)
+            owed -= n
+            if self._listeners:  # nobody connected: the market rests
+                for _ in range(n):
+                    self.advance()
 
 
 def fmt_fixed(value: int, decimals: int, width: int) -> str:

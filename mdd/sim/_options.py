@@ -68,6 +68,8 @@ class SimOptions:
         auth_timeout: Alpaca: seconds a client has to authenticate (venue: 10).
         book_resend: Bybit: seconds after which an unchanged ``orderbook.1``
             snapshot is sent again (venue: 3).
+        backlog: Market steps kept for connections that fall behind; one
+            further behind skips ahead (a gap, as after a venue's slow-client drop).
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
@@ -85,3 +87,4 @@ class SimOptions:
     max_incoming_per_second: int | None = 5
     auth_timeout: float = 10.0
     book_resend: float = 3.0
+    backlog: int = 8192

@@ -291,11 +291,12 @@ class SimServer:
         self.garbage_sent = 0
         self.sent_trades: list[tuple[str, str]] = []
         self.subscriptions: list[str] = []
-        self.market = Market(options)
+        self.market = Market(options, track_deltas=venue == "bybit")
         self.rng = random.Random(None if options.seed is None else options.seed + 1)
         self.sessions: set[Session] = set()
         self._router = router
         self._silent_until = float("-inf")
+        self._refuse_until = float("-inf")
 
     def is_silent(self) -> bool:
         """Whether data frames are suppressed right now."""
@@ -304,6 +305,26 @@ class SimServer:
     def go_silent(self, seconds: float) -> None:
         """Send no data frames for ``seconds`` (trio time), then resume."""
         self._silent_until = max(self._silent_until, trio.current_time() + seconds)
+
+    def refuse_for(self, seconds: float) -> None:
+        """Refuse new connections for ``seconds`` (trio time), then accept again."""
+        self._refuse_until = max(self._refuse_until, trio.current_time() + seconds)
+
+    def is_refusing(self) -> bool:
+        """Whether new connections are refused right now."""
+        return self.options.faults.refuse_connections or trio.current_time() < self._refuse_until
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for logs and assertions."""
+        return {
+            "venue": self.venue,
+            "connections": self.connections,
+            "active": self.active,
+            "frames_sent": self.frames_sent,
+            "garbage_sent": self.garbage_sent,
+            "sent": dict(self.sent),
+            "subscriptions": len(self.subscriptions),
+        }
 
     def disconnect_all(self) -> None:
         """Close every open connection now."""
@@ -322,7 +343,7 @@ class SimServer:
             LOGGER.info("sim.reject venue=%s status=%s", self.venue, target)
             await request.reject(target, body=b"rejected by mdd.sim")
             return
-        if self.options.faults.refuse_connections and self.venue != "alpaca":
+        if self.is_refusing() and self.venue != "alpaca":
             LOGGER.info("sim.refuse venue=%s", self.venue)
             await request.reject(503, body=b"mdd.sim: refusing connections")
             return

@@ -88,6 +88,10 @@ class SimBook:
             return (self._bid_px[-1], self._bid_qty[self._bid_px[-1]]) if self._bid_px else None
         return (self._ask_px[0], self._ask_qty[self._ask_px[0]]) if self._ask_px else None
 
+    def price_at(self, side: Side, rank: int) -> int:
+        """Price of the level ``rank`` places from the best (0 = best)."""
+        return self._bid_px[-1 - rank] if side == "bid" else self._ask_px[rank]
+
     def size(self, side: Side, price: int) -> int:
         """Size at a price (0 when there is no level)."""
         return (self._bid_qty if side == "bid" else self._ask_qty).get(price, 0)

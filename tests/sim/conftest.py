@@ -51,11 +51,14 @@ class RawClient:
             self.ws.receive_data(data)
 
     async def next_text(self) -> str:
-        """The next text message, skipping pings."""
+        """The next whole text message (wsproto hands out fragments), skipping pings."""
+        parts: list[str] = []
         while True:
             event = await self.next_event()
             if isinstance(event, we.TextMessage):
-                return event.data
+                parts.append(event.data)
+                if event.message_finished:
+                    return "".join(parts)
             if isinstance(event, we.CloseConnection):
                 raise EOFError(f"closed {event.code} {event.reason}")
 

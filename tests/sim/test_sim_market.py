@@ -1,0 +1,122 @@
+"""mdd.sim market and server mechanics: book, depth sync, rate 0, real time, several venues."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import orjson
+import pytest
+import trio
+import wsproto.events as we
+
+from mdd.sim import SimOptions, binance_depth_snapshot, serve_sim, serve_sims
+from mdd.sim.book import SimBook, diff_levels
+
+
+def test_book_stage_commit_and_ids():
+    book = SimBook(last_update_id=100)
+    first, last = book.apply([(101, 5), (100, 7)], [(102, 3)])
+    assert (first, last) == (101, 103)
+    assert book.best("bid") == (101, 5)
+    assert book.best("ask") == (102, 3)
+    first, last = book.apply([(101, 0), (99, 0)], [])  # deleting an absent level takes an id
+    assert (first, last) == (104, 105)
+    assert book.top("bid", 5) == [(100, 7)]
+    assert book.apply([], []) == (106, 106)
+    assert book.snapshot(10) == (106, [(100, 7)], [(102, 3)])
+    assert sorted(diff_levels([(1, 1), (2, 2)], [(2, 3), (4, 4)])) == [(1, 0), (2, 3), (4, 4)]
+
+
+async def test_depth_stream_syncs_with_rest_snapshot(nursery, autojump_clock, ws_client):
+    """Binance's documented sync procedure rebuilds exactly the simulator's true book."""
+    server = await nursery.start(partial(serve_sim, "binance", SimOptions(rate=20, seed=11)))
+    book = server.market.symbols["BTCUSDT"].book
+    async with ws_client(server.port, "/ws/btcusdt@depth@100ms") as ws:
+        buffered = [orjson.loads(await ws.get_message()) for _ in range(3)]
+        snap = binance_depth_snapshot(server, "BTCUSDT", limit=5000)
+        assert list(snap) == ["lastUpdateId", "bids", "asks"]
+        last = snap["lastUpdateId"]
+        assert last >= buffered[0]["U"]
+        bids = {p: q for p, q in snap["bids"]}
+        asks = {p: q for p, q in snap["asks"]}
+        applied = 0
+        while True:
+            event = buffered.pop(0) if buffered else orjson.loads(await ws.get_message())
+            if event["u"] <= last:
+                continue
+            if applied == 0:
+                assert event["U"] <= last + 1 <= event["u"]
+            else:
+                assert event["U"] == last + 1
+            for side, levels in ((bids, event["b"]), (asks, event["a"])):
+                for p, q in levels:
+                    if float(q) == 0:
+                        side.pop(p, None)
+                    else:
+                        side[p] = q
+            last = event["u"]
+            applied += 1
+            if applied >= 50 and last == book.last_update_id:
+                break
+    truth = binance_depth_snapshot(server, "BTCUSDT", limit=5000)
+    assert truth["lastUpdateId"] == last
+    assert sorted(bids.items()) == sorted((p, q) for p, q in truth["bids"])
+    assert sorted(asks.items()) == sorted((p, q) for p, q in truth["asks"])
+
+
+async def test_rate_zero_is_as_fast_as_the_client_reads(nursery, autojump_clock, ws_client):
+    server = await nursery.start(partial(serve_sim, "binance", SimOptions(rate=0, seed=1)))
+    t0 = trio.current_time()
+    async with ws_client(server.port, "/ws/btcusdt@trade") as ws:
+        ids = [orjson.loads(await ws.get_message())["t"] for _ in range(500)]
+    assert ids == list(range(ids[0], ids[0] + 500))
+    assert trio.current_time() == t0  # no timer involved at all
+    assert server.sent["trade"] >= 500
+
+
+async def test_real_time_and_several_venues(nursery, ws_client):
+    """Without MockClock: two venues at once on their own ports, data within a second."""
+    servers = await nursery.start(
+        partial(serve_sims, ["binance", "bybit"], SimOptions(rate=50, seed=2))
+    )
+    assert set(servers) == {"binance", "bybit"}
+    assert servers["binance"].port != servers["bybit"].port
+    with trio.fail_after(5):
+        async with ws_client(servers["binance"].port, "/ws/ethusdt@bookTicker") as ws:
+            quote = orjson.loads(await ws.get_message())
+            assert quote["s"] == "ETHUSDT"
+        async with ws_client(servers["bybit"].port, "/v5/public/spot") as ws:
+            await ws.send_message('{"op":"subscribe","args":["orderbook.1.ETHUSDT"]}')
+            assert orjson.loads(await ws.get_message())["success"] is True
+            assert orjson.loads(await ws.get_message())["topic"] == "orderbook.1.ETHUSDT"
+    assert servers["binance"].statistics()["sent"]["quote"] >= 1
+
+
+async def test_refuse_for_a_while(nursery, autojump_clock, raw_connect):
+    server = await nursery.start(partial(serve_sim, "bybit", SimOptions(seed=1)))
+    server.refuse_for(10.0)
+    _, event = await raw_connect(server.port, "/v5/public/spot")
+    assert isinstance(event, we.RejectConnection)
+    assert event.status_code == 503
+    await trio.sleep(10.0)
+    _, event = await raw_connect(server.port, "/v5/public/spot")
+    assert isinstance(event, we.AcceptConnection)
+
+
+async def test_lagging_client_skips_ahead(nursery, autojump_clock, raw_connect, caplog):
+    """A client that stops reading is not buffered without bound; it resumes with newer data."""
+    opts = SimOptions(symbols=("BTCUSDT",), rate=200, seed=4, backlog=100)
+    server = await nursery.start(partial(serve_sim, "binance", opts))
+    client, _ = await raw_connect(server.port, "/ws/btcusdt@depth20")
+    await client.next_text()
+    await trio.sleep(60.0)  # 12,000 frames of ~1.7 kB: more than the socket buffers hold
+    assert len(server.market.steps) == 100
+    ids = [orjson.loads(await client.next_text())["lastUpdateId"] for _ in range(300)]
+    assert ids == sorted(ids)
+    assert any("sim.client_lagging" in r.getMessage() for r in caplog.records)
+    assert server.active == 1
+
+
+def test_unknown_venue():
+    with pytest.raises(ValueError, match="unknown venue"):
+        trio.run(partial(serve_sim, "kraken"))
