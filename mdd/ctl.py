@@ -145,8 +145,11 @@ def format_status(status: dict[str, Any]) -> str:
     lines += ["", "FEEDS"]
     lines.append(
         table(
-            ["feed", "active", "symbols"],
-            [[n, f["active"], ",".join(f["symbols"])] for n, f in feeds.items()],
+            ["feed", "state", "active", "symbols", "reason"],
+            [
+                [n, f.get("state", "-"), f["active"], ",".join(f["symbols"]), f.get("reason", "")]
+                for n, f in feeds.items()
+            ],
         )
     )
     rows = []

@@ -206,8 +206,11 @@ async def health(ctx: HttpContext, query: Query) -> Response:
     status = daemon.status()
     healthy, reasons = health_verdict(daemon, status)
     stale = daemon.config.failover.stale_after
+    feed_states = {name: sup.state() for name, sup in daemon.feeds.items()}
     feeds = {
         name: {
+            "state": feed_states.get(name, ("down", "not started"))[0],
+            "reason": feed_states.get(name, ("down", "not started"))[1],
             "active": feed["active"],
             "symbols": feed["symbols"],
             "healthy": any(serving(p, stale) for p in feed["providers"].values()),

@@ -161,6 +161,9 @@ def status_view(daemon: Daemon, meter: RateMeter | None = None) -> dict[str, Any
     """The daemon's status with the event rate and the health verdict, redacted."""
     status = daemon.status()
     healthy, reasons = health_verdict(daemon, status)
+    for name, supervisor in daemon.feeds.items():
+        # The supervisor's own view: feed state, primary, failover hold and last switch.
+        status["feeds"][name] = {**status["feeds"].get(name, {}), **supervisor.as_dict()}
     status["events_per_second"] = round(meter.rate(), 1) if meter is not None else None
     status["healthy"] = healthy
     status["reasons"] = reasons
@@ -181,8 +184,12 @@ def providers_view(daemon: Daemon) -> dict[str, Any]:
                 "priority": position,
                 **health,
             }
+        state, reason = sup.state()
         feeds[name] = {
+            "state": state,
+            "reason": reason,
             "active": sup.active,
+            "primary": sup.feed.providers[0],
             "symbols": list(sup.feed.symbols),
             "providers": providers,
         }

@@ -42,7 +42,8 @@ async def test_every_command_against_a_running_daemon(tmp_path: Path) -> None:
         for heading in ("FEEDS", "PROVIDERS", "BUS AND SINKS"):
             assert heading in out
         assert "crypto" in out
-        assert "BTCUSDT,ETHUSDT" in out
+        feed_rows = [line.split() for line in out.splitlines() if line.startswith("crypto")]
+        assert feed_rows[0][:4] == ["crypto", "up", "sim", "BTCUSDT,ETHUSDT"]
         provider_rows = [line.split() for line in out.splitlines() if line.startswith("sim")]
         assert ["sim", "crypto", "active", "up"] == provider_rows[0][:4]
         sink_rows = [line.split() for line in out.splitlines() if line.startswith("jsonl")]
@@ -54,6 +55,8 @@ async def test_every_command_against_a_running_daemon(tmp_path: Path) -> None:
         assert status["name"] == "opsd"
         assert status["healthy"] is True
         assert status["feeds"]["crypto"]["active"] == "sim"
+        assert status["feeds"]["crypto"]["primary"] == "sim"
+        assert status["feeds"]["crypto"]["state"] == "up"
         assert "jsonl" in status["bus"]["sinks"]
         assert status["events_per_second"] is not None
 

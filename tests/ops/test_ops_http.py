@@ -34,6 +34,8 @@ async def test_health_bus_stats_providers_status_metrics(tmp_path: Path) -> None
         feed = body["feeds"]["crypto"]
         assert feed["active"] == "sim"
         assert feed["healthy"] is True
+        assert feed["state"] == "up"
+        assert feed["reason"].startswith("sim")
         assert feed["providers"]["sim"]["state"] == "up"
         assert feed["providers"]["sim"]["active"] is True
         assert body["sinks"]["jsonl"]["state"] in ("ok", "starting")
@@ -55,6 +57,8 @@ async def test_health_bus_stats_providers_status_metrics(tmp_path: Path) -> None
 
         r = await c.get("/providers")
         assert r.status_code == 200
+        assert r.json()["feeds"]["crypto"]["primary"] == "sim"
+        assert r.json()["feeds"]["crypto"]["state"] == "up"
         providers = r.json()["feeds"]["crypto"]["providers"]
         assert providers["sim"]["role"] == "active"
         assert providers["sim"]["kind"] == "sim"
