@@ -316,3 +316,43 @@ async def test_server_refusal_goes_to_the_runner(nats_server_session: NatsServer
             assert sink.outages == 0  # not mistaken for an outage
             nursery.cancel_scope.cancel()
         await trio_asyncio.aio_as_trio(nc.close)()
+
+
+async def test_daemon_publishes_through_the_configured_sink(
+    tmp_path: Path, nats_server_session: NatsServer
+) -> None:
+    """Config -> build_sinks -> sink_runner -> NATS, inside a real Daemon: every event stored."""
+    from mdd.config import load_config
+    from mdd.daemon import Daemon
+
+    prefix = unique("t.daemon")
+    stream = unique("TDAEMON")
+    base = {
+        "daemon": {"state_dir": str(tmp_path), "shutdown_grace": 5},
+        "http": {"enabled": False},
+        "bus": {"heartbeat_after": 0.2},
+        "providers": {"sim": {"rate": 50, "seed": 5}},
+        "feeds": [{"name": "f", "symbols": ["AAA", "BBB"], "providers": ["sim"]}],
+        "sinks": {
+            "metrics": {"enabled": False},
+            "nats": {
+                "url": nats_server_session.url,
+                "subject_prefix": prefix,
+                "jetstream": True,
+                "stream": stream,
+            },
+        },
+    }
+    daemon = Daemon(load_config(None, base=base, env={}), install_signal_handlers=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        await trio.sleep(0.8)
+        daemon.request_stop("test")
+    lane = daemon.bus.stats().lanes[0]
+    assert lane.sink == "nats"
+    assert lane.total_dropped == 0
+    assert daemon.sink_health["nats"].events == daemon.bus.published > 20
+    async with trio_asyncio.open_loop():
+        nc = await connect(nats_server_session.url)
+        assert await stream_count(nc, stream) == daemon.bus.published
+        await trio_asyncio.aio_as_trio(nc.close)()
