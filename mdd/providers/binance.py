@@ -22,7 +22,9 @@ import math
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import trio
 
+from ..books import BookKeeper, DepthSnapshotFetcher, feed_books, flush_forever
 from ..config import normalize_symbol
 from ..events import BookEvent, QuoteEvent, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
@@ -31,6 +33,7 @@ from ._ws import Plan, Reconnect, WsProvider
 if TYPE_CHECKING:
     from ._parse import Parsed
     from ._ws import Session
+    from .base import Outlet
 
 LOGGER = logging.getLogger("mdd.providers.binance")
 
@@ -225,6 +228,11 @@ class BinanceProvider(WsProvider):
     Streams beyond ``max_streams_per_connection`` go to further connections.
     Keyword arguments are those of :class:`~mdd.providers._ws.WsProvider`;
     ``max_lifetime`` defaults to 23 h 50 min.
+
+    With the ``book`` channel, depth deltas keep a local L2 book per symbol
+    (:mod:`mdd.books`: REST snapshot from ``rest_url`` + ``U``/``u`` chaining);
+    what is published is a throttled top-N ``BookEvent`` snapshot, and a gap
+    resyncs from a fresh REST snapshot without dropping the WebSocket.
     """
 
     kind = "binance"
@@ -233,6 +241,24 @@ class BinanceProvider(WsProvider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max_lifetime", MAX_LIFETIME)
         super().__init__(*args, **kwargs)
+        self.books: BookKeeper | None = None
+        self.snapshots: DepthSnapshotFetcher | None = None
+        if "book" in self.channels:
+            self.books = BookKeeper(self.name, "binance")
+            self.snapshots = DepthSnapshotFetcher(self.books, self.config.rest_url)
+
+    async def run(
+        self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The shared loop, plus the book tasks (REST snapshots, throttled flushes)."""
+        if self.books is None or self.snapshots is None:
+            await super().run(outlet, task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.snapshots.run, outlet.publish)
+            nursery.start_soon(flush_forever, self.books, outlet.publish)
+            await super().run(outlet, task_status=task_status)
+            nursery.cancel_scope.cancel("provider run ended")
 
     def plans(self) -> list[Plan]:
         """One combined-stream URL per ``max_streams_per_connection`` streams."""
@@ -248,11 +274,19 @@ class BinanceProvider(WsProvider):
         return plans
 
     def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
-        """Combined-stream frames name their stream; ms times."""
-        return parse(raw, ts_recv, self.name)
+        """Combined-stream frames name their stream; ms times. Depth goes through the books."""
+        items = parse(raw, ts_recv, self.name)
+        if self.books is not None and self.snapshots is not None:
+            items, actions = feed_books(self.books, items, trio.current_time())
+            for symbol, _ in actions:
+                self.snapshots.request(symbol)
+        return items
 
     async def on_open(self, session: Session) -> None:
         """Combined streams in the URL are subscribed by connecting."""
+        if self.books is not None:
+            for symbol in session.plan.symbols:
+                self.books.reset(symbol)  # a new connection starts a new sync
         self.mark_subscribed(session)
 
     async def on_control(self, session: Session, ctl: Control) -> None:
