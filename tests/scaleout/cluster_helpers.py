@@ -70,6 +70,27 @@ async def wait_jetstream_cluster(nc: Any, within: float = 30.0) -> None:
     raise AssertionError(f"JetStream cluster not ready for an R3 stream within {within}s")
 
 
+async def create_stream(
+    nc: Any, stream: str, prefix: str, *, replicas: int = 3, duplicate_window: float = 120.0
+) -> None:
+    """Create the stream as the sink would, and wait until its replicas have a leader.
+
+    Provisioning the stream before the daemons start is what the README
+    recommends: a publish racing the election of a brand-new R3 stream's
+    leader waits for its ack timeout (5 s) before the sink retries it.
+    """
+    js = nc.jetstream(timeout=2.0)
+    await aio_as_trio(js.add_stream)(
+        name=stream,
+        subjects=[f"{prefix}.>"],
+        num_replicas=replicas,
+        duplicate_window=duplicate_window,
+    )
+    with trio.fail_after(20):
+        while not (await stream_info(nc, stream)).cluster.leader:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
 async def stream_info(nc: Any, stream: str) -> Any:
     """``StreamInfo`` of ``stream`` (retried through a leader election)."""
     js = nc.jetstream(timeout=2.0)
@@ -92,7 +113,16 @@ async def stream_events(nc: Any, stream: str, subject: str) -> list[dict[str, An
     Reads with an ephemeral pull consumer from the first message and stops at
     the message that has nothing pending behind it.
     """
-    js = nc.jetstream(timeout=5.0)
+    for _ in range(30):
+        try:
+            return await _read_stream(nc, stream, subject)
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, TimeoutError):
+            await trio.sleep(0.3)  # a leader election or a reconnect: read again
+    raise AssertionError(f"stream {stream} could not be read")
+
+
+async def _read_stream(nc: Any, stream: str, subject: str) -> list[dict[str, Any]]:
+    js = nc.jetstream(timeout=2.0)
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0, ack_policy=AckPolicy.NONE
     )
@@ -102,7 +132,7 @@ async def stream_events(nc: Any, stream: str, subject: str) -> list[dict[str, An
         info = await aio_as_trio(sub.consumer_info)()
         pending = int(info.num_pending)
         while pending > 0:
-            msgs = await aio_as_trio(sub.fetch)(batch=min(pending, 1000), timeout=5.0)
+            msgs = await aio_as_trio(sub.fetch)(batch=min(pending, 1000), timeout=3.0)
             for msg in msgs:
                 out.append(orjson.loads(msg.data))
                 pending = int(msg.metadata.num_pending)
