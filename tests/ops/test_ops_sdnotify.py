@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from ops_helpers import ops_config, running, wait_for
 
 from mdd.sdnotify import WatchdogCheck, notify_address, watchdog_interval
@@ -61,6 +62,43 @@ async def test_ready_watchdog_stopping_in_order(
     stop = next(m for m in received if "STOPPING" in m)
     assert stop == {"STOPPING": "1", "STATUS": "stopping"}
     assert all("STATUS" in m for m in received)
+
+
+async def test_no_watchdog_pings_while_the_bus_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "notify.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await sock.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # ping every 1 s; stall after 3 heartbeats
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    pings: list[float] = []
+
+    async def collect() -> None:
+        while True:
+            if "WATCHDOG" in _fields(await sock.recv(4096)):
+                pings.append(trio.current_time())
+
+    config = ops_config(tmp_path, http={"enabled": False})
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            async with running(config) as (daemon, _ops):
+                await trio.sleep(5)
+                assert len(pings) >= 3
+                # The bus stops moving (no events, no heartbeats get through).
+                stuck_at = trio.current_time()
+                publish = daemon.bus.publish
+                daemon.bus.publish = lambda event: None  # type: ignore[method-assign]
+                await trio.sleep(10)
+                during = [t for t in pings if t > stuck_at + 3.5]
+                assert during == []
+                daemon.bus.publish = publish  # type: ignore[method-assign]  # moving again
+                unstuck_at = trio.current_time()
+                await trio.sleep(5)
+                assert [t for t in pings if t > unstuck_at]
+            nursery.cancel_scope.cancel()
 
 
 async def test_abstract_namespace_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
