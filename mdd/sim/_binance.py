@@ -5,8 +5,8 @@ Endpoints: combined ``/stream?streams=a/b`` (frames wrapped
 ``{"method":"SUBSCRIBE",...}``); ``?timeUnit=MICROSECOND`` switches every time
 field to µs. Streams: ``<sym>@trade``, ``@aggTrade``, ``@bookTicker`` (no
 ``e``/``E``), ``@depth`` / ``@depth@100ms`` (``depthUpdate`` with ``U``/``u``
-chained from the symbol's true book; both speeds send one event per market
-step), ``@depth5/10/20[@100ms]`` (no symbol, no time). The server pings every
+chained from the symbol's true book, one event per 1000/100 ms merging the
+steps in between), ``@depth5/10/20[@100ms]`` (no symbol, no time). The server pings every
 ``ping_interval`` seconds and drops a client whose pong is ``pong_timeout`` late;
 ``max_lifetime`` sends ``serverShutdown`` then cuts. A client sending more than
 ``max_incoming_per_second`` frames in a second is disconnected.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from ._market import Step
     from ._server import SimServer
+    from .book import Level
 
 #: Streams allowed per connection (venue limit).
 MAX_STREAMS: Final = 1024
@@ -65,6 +66,52 @@ def parse_stream(server: SimServer, name: str) -> tuple[str, str] | None:
     return symbol, kind
 
 
+def interval_ns(name: str) -> int:
+    """Update interval of a depth stream (``@100ms`` or the default 1000 ms)."""
+    return 100_000_000 if name.endswith("@100ms") else 1_000_000_000
+
+
+class _DepthPacer:
+    """Batches a depth stream's steps into one event per update interval.
+
+    ``@depth`` pushes every 1000 ms and ``@depth@100ms`` every 100 ms: the
+    changes of every step in between are merged (last size per price wins) and
+    sent as one ``depthUpdate`` with the first step's ``U`` and the last
+    step's ``u``, so the chain stays contiguous. Partial depth sends the
+    latest top levels once per interval. At ``rate == 0`` every step is sent.
+    """
+
+    def __init__(self, interval: int, pace: bool) -> None:
+        self.interval = interval
+        self.pace = pace
+        self.due = 0
+        self.first: int | None = None
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+
+    def add(self, step: Step) -> bool:
+        """Take a step; True when an event is due now."""
+        if self.first is None:
+            self.first = step.first_update_id
+        self.bids.update(step.bid_changes)
+        self.asks.update(step.ask_changes)
+        if self.pace and step.ts_ns < self.due:
+            return False
+        # 1 ms slack so steps exactly one interval apart are not skipped.
+        self.due = step.ts_ns + self.interval - 1_000_000
+        return True
+
+    def take(self) -> tuple[int, list[Level], list[Level]]:
+        """``(U, bids high->low, asks low->high)`` and reset."""
+        first = self.first if self.first is not None else 0
+        bids = sorted(self.bids.items(), reverse=True)
+        asks = sorted(self.asks.items())
+        self.first = None
+        self.bids = {}
+        self.asks = {}
+        return first, bids, asks
+
+
 def _px(v: int, dec: int) -> str:
     return fmt_fixed(v, dec, WIRE_DECIMALS)
 
@@ -87,6 +134,7 @@ class BinanceSession(Session):
         self.streams: dict[str, tuple[str, str]] = {}
         self.by_symbol: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
         self.incoming: collections.deque[float] = collections.deque()
+        self.pacers: dict[str, _DepthPacer] = {}
         self._ping_no = 0
         initial: list[str] = []
         if self.combined:
@@ -106,6 +154,8 @@ class BinanceSession(Session):
         self.market.ensure(symbol)
         self.streams[name] = parsed
         self.by_symbol[symbol].append((name, kind))
+        if kind.startswith("depth"):
+            self.pacers[name] = _DepthPacer(interval_ns(name), self.market.options.rate > 0)
         self.symbols.add(symbol)
         self.server.subscriptions.append(name)
 
@@ -114,6 +164,7 @@ class BinanceSession(Session):
         if parsed is None:
             return
         symbol, kind = parsed
+        self.pacers.pop(name, None)
         self.by_symbol[symbol].remove((name, kind))
         if not self.by_symbol[symbol]:
             del self.by_symbol[symbol]
@@ -306,17 +357,25 @@ class BinanceSession(Session):
                     }
                     await self.send_data(self._wrap(name, data), "quote")
             elif kind == "depth":
+                pacer = self.pacers[name]
+                if not pacer.add(step):
+                    continue
+                first, bids, asks = pacer.take()
                 data = {
                     "e": "depthUpdate",
                     "E": event_time,
                     "s": symbol,
-                    "U": step.first_update_id,
+                    "U": first,
                     "u": step.last_update_id,
-                    "b": [[_px(p, dec_p), _px(q, dec_q)] for p, q in step.bid_changes],
-                    "a": [[_px(p, dec_p), _px(q, dec_q)] for p, q in step.ask_changes],
+                    "b": [[_px(p, dec_p), _px(q, dec_q)] for p, q in bids],
+                    "a": [[_px(p, dec_p), _px(q, dec_q)] for p, q in asks],
                 }
                 await self.send_data(self._wrap(name, data), "book")
             else:
+                pacer = self.pacers[name]
+                if not pacer.add(step):
+                    continue
+                pacer.take()
                 n = int(kind[5:])
                 data = {
                     "lastUpdateId": step.last_update_id,

@@ -10,6 +10,7 @@ rejections.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -72,10 +73,15 @@ async def raw_connect() -> AsyncIterator[RawConnect]:
     streams: list[trio.SocketStream] = []
 
     async def connect(
-        port: int, target: str, headers: list[tuple[bytes, bytes]] | None = None
+        port: int,
+        target: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        rcvbuf: int | None = None,
     ) -> tuple[RawClient, we.Event]:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         streams.append(stream)
+        if rcvbuf is not None:  # a small window makes a slow reader cheap to simulate
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         client = RawClient(stream, port)
         return client, await client.handshake(target, headers)
 

@@ -287,3 +287,38 @@ async def until_key(ws, key):
         obj = orjson.loads(await ws.get_message())
         if key in obj:
             return obj
+
+
+@pytest.mark.parametrize(
+    ("stream", "per_second"), [("btcusdt@depth", 1), ("btcusdt@depth@100ms", 10)]
+)
+async def test_depth_update_speed_and_chain(nursery, autojump_clock, ws_client, stream, per_second):
+    server = await start(nursery, rate=50.0)
+    async with ws_client(server.port, f"/ws/{stream}") as ws:
+        first = orjson.loads(await ws.get_message())
+        t0 = trio.current_time()
+        last_u = first["u"]
+        count = 0
+        while trio.current_time() - t0 < 10.0:
+            event = orjson.loads(await ws.get_message())
+            assert event["U"] == last_u + 1
+            last_u = event["u"]
+            bids = [float(p) for p, _ in event["b"]]
+            assert bids == sorted(bids, reverse=True)
+            count += 1
+    assert count == pytest.approx(10 * per_second, abs=1)
+
+
+async def test_partial_depth_speed(nursery, autojump_clock, ws_client):
+    server = await start(nursery, rate=50.0)
+    async with ws_client(server.port, "/stream?streams=ethusdt@depth5/ethusdt@depth20@100ms") as ws:
+        await ws.get_message()
+        t0 = trio.current_time()
+        counts = {"ethusdt@depth5": 0, "ethusdt@depth20@100ms": 0}
+        while trio.current_time() - t0 < 5.0:
+            frame = orjson.loads(await ws.get_message())
+            counts[frame["stream"]] += 1
+            size = 5 if frame["stream"] == "ethusdt@depth5" else 20
+            assert len(frame["data"]["bids"]) == size
+    assert counts["ethusdt@depth5"] == pytest.approx(5, abs=1)
+    assert counts["ethusdt@depth20@100ms"] == pytest.approx(50, abs=2)

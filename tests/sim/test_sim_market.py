@@ -105,13 +105,15 @@ async def test_refuse_for_a_while(nursery, autojump_clock, raw_connect):
 
 async def test_lagging_client_skips_ahead(nursery, autojump_clock, raw_connect, caplog):
     """A client that stops reading is not buffered without bound; it resumes with newer data."""
-    opts = SimOptions(symbols=("BTCUSDT",), rate=200, seed=4, backlog=100)
+    opts = SimOptions(symbols=("BTCUSDT",), rate=200, seed=4, backlog=100, trades_per_frame=10)
     server = await nursery.start(partial(serve_sim, "binance", opts))
-    client, _ = await raw_connect(server.port, "/ws/btcusdt@depth20")
+    client, _ = await raw_connect(server.port, "/ws/btcusdt@trade", rcvbuf=4096)
+    await client.send_text('{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":1}')
     await client.next_text()
-    await trio.sleep(60.0)  # 12,000 frames of ~1.7 kB: more than the socket buffers hold
+    await trio.sleep(10.0)  # 40,000 frames (~8 MB): more than the socket buffers hold
     assert len(server.market.steps) == 100
-    ids = [orjson.loads(await client.next_text())["lastUpdateId"] for _ in range(300)]
+    frames = [orjson.loads(await client.next_text()) for _ in range(3000)]
+    ids = [f["t"] for f in frames if f.get("e") == "trade"]
     assert ids == sorted(ids)
     assert any("sim.client_lagging" in r.getMessage() for r in caplog.records)
     assert server.active == 1
