@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -156,11 +157,13 @@ def test_watchdog_pings_only_while_the_bus_moves() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    unit = tmp_path / "mdd.service"
+@pytest.mark.parametrize("name", ["mdd.service", "mdd-consumer.service"])
+def test_systemd_units_verify(tmp_path: Path, name: str) -> None:
+    unit = tmp_path / name
     # ExecStart must exist for verify: point it at this interpreter, keep the rest.
-    text = (DEPLOY / "mdd.service").read_text()
-    unit.write_text(text.replace("/opt/mdd/.venv/bin/mdd", shutil.which("python3") or "/bin/true"))
+    text = (DEPLOY / name).read_text()
+    exe = shutil.which("python3") or "/bin/true"
+    unit.write_text(re.sub(r"/opt/mdd/\.venv/bin/mdd(-consumer)?", exe, text))
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
         capture_output=True,
