@@ -254,11 +254,14 @@ class BinanceProvider(WsProvider):
         if self.books is None or self.snapshots is None:
             await super().run(outlet, task_status=task_status)
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.snapshots.run, outlet.publish)
-            nursery.start_soon(flush_forever, self.books, outlet.publish)
-            await super().run(outlet, task_status=task_status)
-            nursery.cancel_scope.cancel("provider run ended")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.snapshots.run, outlet.publish)
+                nursery.start_soon(flush_forever, self.books, outlet.publish)
+                await super().run(outlet, task_status=task_status)
+                nursery.cancel_scope.cancel("provider run ended")
+        finally:
+            self.books.reset()  # a stopped provider's books are no longer live
 
     def plans(self) -> list[Plan]:
         """One combined-stream URL per ``max_streams_per_connection`` streams."""

@@ -254,10 +254,13 @@ class BybitProvider(WsProvider):
         if self.books is None:
             await super().run(outlet, task_status=task_status)
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush_forever, self.books, outlet.publish)
-            await super().run(outlet, task_status=task_status)
-            nursery.cancel_scope.cancel("provider run ended")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flush_forever, self.books, outlet.publish)
+                await super().run(outlet, task_status=task_status)
+                nursery.cancel_scope.cancel("provider run ended")
+        finally:
+            self.books.reset()  # a stopped provider's books are no longer live
 
     def plans(self) -> list[Plan]:
         """One connection carrying every topic."""

@@ -178,6 +178,12 @@ async def test_bybit_book_gap_resubscribes_and_resyncs(autojump_clock: trio.test
             await settle()
             await trio.sleep(0.5)  # keep streaming after the resync
             await settle()
+            # The book served for /book is the provider's, and equals the venue's top levels.
+            served = BOOKS.get(name, SYMBOL)
+            assert served is provider.books.book(SYMBOL)
+            bids, asks = served.top(20)
+            assert list(bids) == sorted(venue.bids.items(), reverse=True)[:20]
+            assert list(asks) == sorted(venue.asks.items())[:20]
             nursery.cancel_scope.cancel()
 
     assert gaps_total(name) == gaps_before + 1
@@ -192,9 +198,6 @@ async def test_bybit_book_gap_resubscribes_and_resyncs(autojump_clock: trio.test
     books = [e for e in events if isinstance(e, BookEvent)]
     assert books
     assert all(b.is_snapshot and len(b.bids) <= 20 and len(b.asks) <= 20 for b in books)
-    # The book served for /book is the provider's, and equals the venue's top levels.
-    served = BOOKS.get(name, SYMBOL)
-    assert served is provider.books.book(SYMBOL)
-    bids, asks = served.top(20)
-    assert list(bids) == sorted(venue.bids.items(), reverse=True)[:20]
-    assert list(asks) == sorted(venue.asks.items())[:20]
+    # A stopped provider's book is no longer served as live.
+    assert not served.synced
+    assert served.top(5) == ((), ())
