@@ -18,6 +18,7 @@ Exit codes: 0 done, 1 no daemon or the daemon refused, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from pathlib import Path
@@ -53,11 +54,12 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = DEFAULT_
         DaemonUnreachable: nothing listens at ``path`` (or it timed out).
         ControlError: the daemon replied ``{"ok": false, "error": ...}``.
     """
-    where = str(path)
+    target = str(path)
+    where = target if os.path.isabs(target) or target.startswith(".") else f"./{target}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(where)
+            sock.connect(target)
         except FileNotFoundError:
             raise DaemonUnreachable(where, "socket not found (is mdd running?)") from None
         except ConnectionRefusedError:
