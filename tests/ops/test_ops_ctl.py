@@ -277,3 +277,16 @@ def test_second_daemon_process_refuses_with_one_line(tmp_path: Path) -> None:
         "(stop it with `mdd-ctl stop`, or give this one another [daemon] control_socket)"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_default_socket_is_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("MDD_")]:
+        monkeypatch.delenv(name)
+    err = io.StringIO()
+    assert ctl.main(["status"], stdout=io.StringIO(), stderr=err) == 1
+    assert err.getvalue() == (
+        "mdd-ctl: no mdd daemon at ./mdd.sock: socket not found (is mdd running?)\n"
+    )
