@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
+import orjson
 import trio
 import trio_asyncio
 from nats.aio.client import Client as NatsClient
@@ -88,8 +89,8 @@ _TRANSIENT: Final = (
 #: JetStream error code of a clustered stream still storing the same Nats-Msg-Id
 #: (active-active: both daemons publish each trade at nearly the same moment).
 DUPLICATE_IN_PROCESS: Final = 10158
-#: Tries, and seconds between them, for messages refused with that code.
-IN_PROCESS_RETRIES: Final = 20
+#: Seconds to let a batch's other acks arrive after an error ack, and between
+#: tries of messages refused with that code (within the batch's ack deadline).
 IN_PROCESS_PAUSE: Final = 0.02
 
 #: Characters that cannot appear inside one subject token: replaced by "_".
@@ -153,6 +154,64 @@ def msg_id(event: Event) -> str:
     return f"{event.type}:{event.provider}:{event.symbol}:{event.ts_recv}"
 
 
+class _AckInbox:
+    """JetStream acks on one reply subscription of ours (asyncio side only).
+
+    Each message goes out with reply subject ``<inbox>.<n>``; the ack's
+    subscription callback resolves that message's future: True for a
+    duplicate, False for a store, or the server's error (``APIError``
+    subclass, ``NoStreamResponseError`` when no stream listens). Callbacks only
+    touch futures and dicts, never a trio object.
+    """
+
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.prefix = ""
+        self.futures: dict[str, asyncio.Future[bool]] = {}
+        self._seq = 0
+
+    async def start(self) -> None:
+        """Subscribe to the reply inbox (nats-py re-subscribes after reconnects)."""
+        self.prefix = self.nc.new_inbox()
+        await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack)
+
+    async def publish(self, subject: str, payload: bytes, headers: Any) -> asyncio.Future[bool]:
+        """Send one message; the returned future resolves with its ack."""
+        self._seq += 1
+        reply = f"{self.prefix}.{self._seq}"
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.futures[reply] = future
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        return future
+
+    def forget(self, futures: set[asyncio.Future[bool]]) -> None:
+        """Give up on unanswered futures (a late ack is then ignored)."""
+        if not futures:
+            return
+        for reply, future in list(self.futures.items()):
+            if future in futures:
+                del self.futures[reply]
+                future.cancel()
+
+    async def _on_ack(self, msg: Any) -> None:
+        future = self.futures.pop(msg.subject, None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            resp = orjson.loads(msg.data)
+            error = resp.get("error")
+            if error:
+                nats.js.errors.APIError.from_error(error)  # raises the matching subclass
+            future.set_result(bool(resp.get("duplicate", False)))
+        except nats.js.errors.APIError as exc:
+            future.set_exception(exc)
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+            future.set_exception(nats.errors.Error(f"unreadable JetStream ack: {exc!r}"))
+
+
 class NatsSink:
     """Publishes every event to NATS (optionally JetStream), one bridge crossing per batch.
 
@@ -205,7 +264,7 @@ class NatsSink:
         self._down_since: float | None = None
         self._last_error = ""
         self._closing = False
-        self._refusal: BaseException | None = None
+        self._acks: _AckInbox | None = None
         self.published = 0
         self.duplicates = 0
         self.outages = 0
@@ -242,6 +301,7 @@ class NatsSink:
             raise NatsLoopMissing()
         if self.nc is None or self.nc.is_closed:
             self.nc = NatsClient()
+            self._stream_ready = False  # JetStream context and ack inbox belong to a client
             await self._connect()
         if self.jetstream and not self._stream_ready:
             await self._ensure_stream()
@@ -253,8 +313,6 @@ class NatsSink:
         # nats-py callbacks run on the asyncio side: plain state only, never a trio await.
         async def on_error(exc: Exception) -> None:
             self._last_error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, nats.js.errors.APIError):
-                self._refusal = exc  # an error ack of publish_async lands here
             if not nc.is_connected and not self._closing:
                 self._down(self._last_error)
 
@@ -300,6 +358,9 @@ class NatsSink:
         """asyncio side: the stream exists afterwards; True if it was created."""
         js = self.nc.jetstream(timeout=self.ack_timeout)
         self._js = js
+        if self._acks is None or self._acks.nc is not self.nc:
+            self._acks = _AckInbox(self.nc)
+            await self._acks.start()
         try:
             await js.stream_info(self.stream)
             return False
@@ -396,39 +457,52 @@ class NatsSink:
     async def _aio_publish_js(self, msgs: list[Message]) -> None:
         """asyncio side: publish a batch to JetStream, all in flight at once, await every ack.
 
-        ``publish_async`` keeps one future per message and no task, ~2-3x the
-        acked rate of gathering ``js.publish`` calls under trio-asyncio
-        (measured). nats-py 2.16 does not fail the future of an error ack (its
-        reply handler raises into ``error_cb`` instead), so a refusal is also
-        picked up from ``error_cb`` when acks are missing at the deadline.
+        Acks come back on the sink's own reply inbox (:class:`_AckInbox`): one
+        future per message and no task, ~2-3x the acked rate of gathering
+        ``js.publish`` calls under trio-asyncio (measured), and unlike nats-py
+        2.16's ``publish_async`` an error ack fails its message's future.
+
+        Messages refused with :data:`DUPLICATE_IN_PROCESS` (a clustered stream
+        still storing the same Nats-Msg-Id from another daemon) are asked again
+        every :data:`IN_PROCESS_PAUSE` seconds within the batch's ack deadline:
+        the answer is then a duplicate ack (the other copy was stored) or a
+        store (it was not).
         """
-        js = self._js
-        self._refusal = None
-        futures = [
-            await js.publish_async(subject, payload, headers=headers)
-            for subject, payload, headers in msgs
-        ]
-        done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
-        for future in pending:
-            future.cancel()
-        failures: list[BaseException] = []
+        inbox = self._acks
+        assert inbox is not None
         duplicates = 0
-        for future in done:
-            if future.cancelled():
-                continue
-            exc = future.exception()
-            if exc is not None:
+        failures: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        while True:
+            futures = [await inbox.publish(s, p, h) for s, p, h in msgs]
+            left = max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(futures, timeout=max(left, IN_PROCESS_PAUSE))
+            inbox.forget(pending)
+            failures = []
+            again: list[Message] = []
+            for msg, future in zip(msgs, futures, strict=True):
+                if future not in done:
+                    continue
+                exc = future.exception()
+                if exc is None:
+                    duplicates += future.result()
+                    continue
+                if getattr(exc, "err_code", None) == DUPLICATE_IN_PROCESS:
+                    again.append(msg)
                 failures.append(exc)
-            elif future.result().duplicate:
-                duplicates += 1
-        if pending:
-            failures.append(
-                self._refusal
-                or TimeoutError(
-                    f"{len(pending)} of {len(futures)} JetStream acks missing "
-                    f"after {self.ack_timeout}s"
+            if pending:
+                failures.append(
+                    TimeoutError(
+                        f"{len(pending)} of {len(futures)} JetStream acks missing "
+                        f"after {self.ack_timeout}s"
+                    )
                 )
-            )
+            if not again or len(again) < len(failures) or loop.time() >= deadline:
+                break
+            msgs = again
+            await asyncio.sleep(IN_PROCESS_PAUSE)
+        self.duplicates += duplicates
         if failures:
             # A refusal wins over connection trouble: it will not cure itself.
             refused = [
@@ -438,7 +512,6 @@ class NatsSink:
                 and not isinstance(f, nats.js.errors.ServiceUnavailableError)
             ]
             raise (refused or failures)[0]
-        self.duplicates += duplicates
 
     # -- outage bookkeeping ----------------------------------------------------
 
