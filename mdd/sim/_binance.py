@@ -370,7 +370,7 @@ class BinanceSession(Session):
                     "b": [[_px(p, dec_p), _px(q, dec_q)] for p, q in bids],
                     "a": [[_px(p, dec_p), _px(q, dec_q)] for p, q in asks],
                 }
-                await self.send_data(self._wrap(name, data), "book")
+                await self.send_book_update(name, self._wrap(name, data))
             else:
                 pacer = self.pacers[name]
                 if not pacer.add(step):

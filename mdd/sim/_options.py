@@ -27,6 +27,12 @@ class Faults:
             instead sends error 406 (connection limit exceeded) and closes.
         idle_timeout: Bybit: cut a client that sent no ping for this long (the
             venue uses 600 s; None disables the cut).
+        book_skip: Book updates (Binance ``depthUpdate``, Bybit ``orderbook``
+            delta) to drop instead of sending, counted down per update: the
+            client sees a sequence gap.
+        book_duplicate: Book updates to send twice, counted down.
+        book_reorder: Book updates to hold back and send after the next one
+            of the same stream, counted down.
     """
 
     drop_after: int | None = None
@@ -37,6 +43,9 @@ class Faults:
     subscribe_delay: float = 0.0
     refuse_connections: bool = False
     idle_timeout: float | None = None
+    book_skip: int = 0
+    book_duplicate: int = 0
+    book_reorder: int = 0
 
 
 @attrs.define

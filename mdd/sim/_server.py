@@ -81,6 +81,7 @@ class Session:
         self._close: tuple[int, str] | None = None
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        self.held_book_updates: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -239,6 +240,31 @@ class Session:
         if limit is not None and self.data_frames >= limit:
             self.close(1001, "sim: drop_after")
             await trio.lowlevel.checkpoint()
+
+    async def send_book_update(self, stream: str, frame: str) -> None:
+        """Send one book update of ``stream``, applying the book faults.
+
+        ``book_skip`` drops it, ``book_reorder`` holds it back until the next
+        update of the same stream has been sent, ``book_duplicate`` sends it
+        twice (see :class:`~mdd.sim.Faults`).
+        """
+        faults = self.faults
+        held = self.held_book_updates.pop(stream, None)
+        if faults.book_skip > 0:
+            faults.book_skip -= 1
+            LOGGER.info("sim.book_fault venue=%s stream=%s fault=skip", self.venue, stream)
+        elif faults.book_reorder > 0 and held is None:
+            faults.book_reorder -= 1
+            self.held_book_updates[stream] = frame
+            LOGGER.info("sim.book_fault venue=%s stream=%s fault=reorder", self.venue, stream)
+        else:
+            await self.send_data(frame, "book")
+            if faults.book_duplicate > 0:
+                faults.book_duplicate -= 1
+                LOGGER.info("sim.book_fault venue=%s stream=%s fault=duplicate", self.venue, stream)
+                await self.send_data(frame, "book")
+        if held is not None:
+            await self.send_data(held, "book")
 
     # -- venue hooks -----------------------------------------------------------------
 
