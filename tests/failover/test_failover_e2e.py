@@ -9,6 +9,7 @@ thresholds (a few seconds in all); every wait is a poll under a cap.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -16,17 +17,19 @@ import apsw
 import pytest
 import trio
 import trio_asyncio
+from nats.aio.client import Client as NatsClient
 
-from mdd.config import load_config
+from mdd.config import Config, load_config
 from mdd.daemon import Daemon
 from mdd.events import StatusEvent, TradeEvent, loads
 from mdd.metrics import REGISTRY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from mdd.natsserver import NatsServer
+    from mdd.sim import SimServer
 
 
 def _missing_parts() -> str | None:
@@ -76,6 +79,59 @@ def sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def e2e_config(
+    tmp_path: Path, binance: SimServer, bybit: SimServer, sinks: dict[str, Any], **failover: Any
+) -> Config:
+    """Binance primary, Bybit backup for BTCUSDT trades; short real-clock thresholds."""
+    return load_config(
+        None,
+        env={},
+        base={
+            "daemon": {"state_dir": str(tmp_path), "shutdown_grace": 5},
+            "http": {"enabled": False},
+            "failover": {
+                "stale_after": 0.5,
+                "failover_after": 0.3,
+                "recover_after": 1.0,
+                "check_interval": 0.1,
+                **failover,
+            },
+            "providers": {"binance": {"url": binance.url}, "bybit": {"url": bybit.url}},
+            "feeds": [
+                {
+                    "name": FEED,
+                    "symbols": ["BTCUSDT"],
+                    "providers": ["binance", "bybit"],
+                    "channels": ["trade"],
+                }
+            ],
+            "sinks": {
+                "jsonl": {"enabled": False},
+                "metrics": {"enabled": False},
+                "log": {"enabled": False},
+                **sinks,
+            },
+        },
+    )
+
+
+@asynccontextmanager
+async def running_daemon(cfg: Config) -> AsyncIterator[Daemon]:
+    """A Daemon in this task's tree; on exit it is stopped gracefully and awaited."""
+    daemon = Daemon(cfg, install_signal_handlers=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop("test done")
+
+
+def trade_rows(db: Path, provider: str) -> int:
+    found = sql(db, "SELECT COUNT(*) FROM trades WHERE provider = ?", provider)
+    return int(found[0][0]) if found else 0
+
+
 async def test_binance_silent_bybit_takes_over_and_binance_returns(
     tmp_path: Path, nats_server_session: NatsServer
 ) -> None:
@@ -88,85 +144,38 @@ async def test_binance_silent_bybit_takes_over_and_binance_returns(
     async def on_msg(msg: Any) -> None:  # asyncio side: plain state only
         got.append(msg)
 
+    def nats_trades(provider: str) -> int:
+        trades = [loads(m.data) for m in got if m.subject == f"{prefix}.trade.BTCUSDT"]
+        return sum(1 for t in trades if isinstance(t, TradeEvent) and t.provider == provider)
+
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         opts = partial(SimOptions, symbols=("BTCUSDT",), rate=50)
         binance = await nursery.start(partial(serve_sim, "binance", opts(seed=1)))
         bybit = await nursery.start(partial(serve_sim, "bybit", opts(seed=2)))
-        cfg = load_config(
-            None,
-            env={},
-            base={
-                "daemon": {"state_dir": str(tmp_path), "shutdown_grace": 5},
-                "http": {"enabled": False},
-                "failover": {
-                    "stale_after": 0.5,
-                    "failover_after": 0.3,
-                    "recover_after": 1.0,
-                    "check_interval": 0.1,
-                },
-                "providers": {"binance": {"url": binance.url}, "bybit": {"url": bybit.url}},
-                "feeds": [
-                    {
-                        "name": FEED,
-                        "symbols": ["BTCUSDT"],
-                        "providers": ["binance", "bybit"],
-                        "channels": ["trade"],
-                    }
-                ],
-                "sinks": {
-                    "sqlite": {"path": str(db), "batch_interval": 0.05},
-                    "nats": {"url": nats_server_session.url, "subject_prefix": prefix},
-                    "jsonl": {"enabled": False},
-                    "metrics": {"enabled": False},
-                    "log": {"enabled": False},
-                },
-            },
-        )
-        from nats.aio.client import Client as NatsClient
-
+        sinks = {
+            "sqlite": {"path": str(db), "batch_interval": 0.05},
+            "nats": {"url": nats_server_session.url, "subject_prefix": prefix},
+        }
         nc = NatsClient()
         await trio_asyncio.aio_as_trio(nc.connect)(servers=[nats_server_session.url])
         await trio_asyncio.aio_as_trio(nc.subscribe)(f"{prefix}.>", cb=on_msg)
         await trio_asyncio.aio_as_trio(nc.flush)()
 
-        daemon = Daemon(cfg, install_signal_handlers=False)
-        stopped = trio.Event()
+        async with running_daemon(e2e_config(tmp_path, binance, bybit, sinks)) as daemon:
+            sup = daemon.feeds[FEED]
+            await poll(lambda: trade_rows(db, "binance") > 20, 15, "Binance trades in SQLite")
+            assert sup.active == "binance"
+            assert trade_rows(db, "bybit") == 0  # on demand: the backup is not even connected
 
-        async def run_daemon(*, task_status: trio.TaskStatus[Daemon]) -> None:
-            try:
-                await daemon.run(task_status=task_status)
-            finally:
-                stopped.set()
+            binance.go_silent(2.5)
+            await poll(lambda: sup.active == "bybit", 5, "the switch to Bybit")
+            await poll(lambda: trade_rows(db, "bybit") > 20, 10, "Bybit trades in SQLite")
+            await poll(lambda: nats_trades("bybit") > 20, 10, "Bybit trades on NATS")
+            binance_rows = trade_rows(db, "binance")
 
-        await nursery.start(run_daemon)
-        sup = daemon.feeds[FEED]
-
-        def rows(provider: str) -> int:
-            found = sql(db, "SELECT COUNT(*) FROM trades WHERE provider = ?", provider)
-            return int(found[0][0]) if found else 0
-
-        await poll(lambda: rows("binance") > 20, 15, "Binance trades in SQLite")
-        assert sup.active == "binance"
-        assert rows("bybit") == 0  # on demand: the backup is not even connected
-
-        binance.go_silent(2.5)
-        await poll(lambda: sup.active == "bybit", 5, "the switch to Bybit")
-        await poll(lambda: rows("bybit") > 20, 10, "Bybit trades in SQLite")
-
-        def nats_trades(provider: str) -> int:
-            trades = [loads(m.data) for m in got if m.subject == f"{prefix}.trade.BTCUSDT"]
-            return sum(1 for t in trades if isinstance(t, TradeEvent) and t.provider == provider)
-
-        await poll(lambda: nats_trades("bybit") > 20, 10, "Bybit trades on NATS")
-        binance_rows_on_bybit = rows("binance")
-
-        await poll(lambda: sup.active == "binance", 15, "the return to Binance")
-        await poll(lambda: rows("binance") > binance_rows_on_bybit + 20, 10, "Binance again")
-        assert not sup.running("bybit")  # the on-demand backup is stopped again
-
-        daemon.request_stop("test done")
-        with trio.fail_after(15):
-            await stopped.wait()
+            await poll(lambda: sup.active == "binance", 15, "the return to Binance")
+            await poll(lambda: trade_rows(db, "binance") > binance_rows + 20, 10, "Binance again")
+            assert not sup.running("bybit")  # the on-demand backup is stopped again
         await trio_asyncio.aio_as_trio(nc.close)()
         nursery.cancel_scope.cancel("test done")
 
@@ -185,3 +194,36 @@ async def test_binance_silent_bybit_takes_over_and_binance_returns(
     for src, dst in (("binance", "bybit"), ("bybit", "binance")):
         labels = {"feed": FEED, "from": src, "to": dst}
         assert REGISTRY.get_sample_value("mdd_failovers_total", labels) == 1.0
+
+
+async def test_hot_standby_stores_every_bybit_trade_sent_during_the_outage(tmp_path: Path) -> None:
+    from mdd.sim import SimOptions, serve_sim
+
+    db = tmp_path / "md.sqlite"
+    async with trio.open_nursery() as nursery:
+        opts = partial(SimOptions, symbols=("BTCUSDT",), rate=50)
+        binance = await nursery.start(partial(serve_sim, "binance", opts(seed=3)))
+        bybit = await nursery.start(partial(serve_sim, "bybit", opts(seed=4)))
+        sinks = {"sqlite": {"path": str(db), "batch_interval": 0.05}}
+        cfg = e2e_config(tmp_path, binance, bybit, sinks, hot_standby=True, recover_after=2.0)
+        async with running_daemon(cfg) as daemon:
+            sup = daemon.feeds[FEED]
+            await poll(lambda: trade_rows(db, "binance") > 20, 15, "Binance trades in SQLite")
+            await poll(lambda: len(bybit.sent_trades) > 150, 15, "Bybit (hot standby) data")
+            assert trade_rows(db, "bybit") == 0  # connected, but its gate is closed
+            binance.go_silent(2.5)
+            silent_from = len(bybit.sent_trades)
+            await poll(lambda: sup.active == "bybit", 5, "the switch to Bybit")
+            await trio.sleep(0.05)
+            during = len(bybit.sent_trades)  # all sent while Binance was silent or Bybit active
+            assert sup.runners["bybit"].gate.replayed > 0
+            await poll(lambda: sup.active == "binance", 15, "the return to Binance")
+            assert sup.running("bybit")  # hot standby: the backup stays connected
+        nursery.cancel_scope.cancel("test done")
+    stored = {row[0] for row in sql(db, "SELECT trade_id FROM trades WHERE provider = 'bybit'")}
+    sent = [trade_id for _symbol, trade_id in bybit.sent_trades]
+    missing = [t for t in sent[silent_from:during] if t not in stored]
+    assert not missing, f"Bybit trades sent during the outage but not stored: {missing}"
+    # Only the active provider's events: Bybit's trades from well before the outage
+    # (older than the standby buffer keeps) never reached the bus.
+    assert not stored & set(sent[: silent_from - 100])
