@@ -64,9 +64,12 @@ async def serve_sim(
         task_status: Receives the :class:`SimServer` once it accepts connections.
 
     Raises:
-        ValueError: Unknown venue.
+        ValueError: Unknown venue, or ``options.replay`` set (recorded captures
+            are served by :func:`mdd.sim.replay.serve_replay` instead).
     """
     router, url_for = _venue(venue)
+    if options is not None and options.replay is not None:
+        raise ValueError("SimOptions.replay: use mdd.sim.replay.serve_replay for captures")
     await _serve(
         venue,
         router,

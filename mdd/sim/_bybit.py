@@ -7,7 +7,8 @@ Endpoint ``/v5/public/spot``. Client ops: ``subscribe`` / ``unsubscribe``
 ``BT``, ``seq``, ``RPI``; no ``L``), ``orderbook.1.SYM`` (snapshot only, resent
 unchanged with the same ``u`` every ``book_resend`` seconds) and
 ``orderbook.50.SYM`` (snapshot on subscribe, then deltas with consecutive ``u``
-and increasing ``seq``, ``cts``). Control frames are Go-escaped like the venue's
+and increasing ``seq``, ``cts``) and ``orderbook.200/1000.SYM`` (the whole
+book, snapshot then every step's changes). Control frames are Go-escaped like the venue's
 (``>`` as ``\\u003e``). A subscribe with any bad topic fails as a whole.
 """
 
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 PATH: Final = "/v5/public/spot"
 #: Most args one subscribe request may carry on spot.
 MAX_ARGS: Final = 10
-#: Order book depths the simulator serves.
-DEPTHS: Final = (1, 50)
+#: Order book depths the simulator serves. The sim's book never holds more
+#: than 120 levels a side, so 200 and 1000 are the whole book.
+DEPTHS: Final = (1, 50, 200, 1000)
 #: Offset making generated trade ids look like spot's 19-digit numeric strings.
 TRADE_ID_BASE: Final = 2_290_000_000_000_000_000
 
@@ -62,6 +64,7 @@ class BybitSession(Session):
         self.by_symbol: dict[str, dict[str, str]] = {}  # SYMBOL -> {kind: topic}
         self.last_ping = trio.current_time()
         self._level1: dict[str, tuple[float, dict[str, Any]]] = {}  # topic -> (sent at, frame)
+        self._full_from: dict[str, int] = {}  # whole-book topic -> first step index to send
 
     # -- timers --------------------------------------------------------------------
 
@@ -187,6 +190,8 @@ class BybitSession(Session):
             await self._send_level1(topic, step)
         elif kind == "book50":
             await self._send_book(topic, step, snapshot=True)
+        elif kind in ("book200", "book1000"):
+            await self._send_full_snapshot(topic, symbol)
 
     def _remove(self, topic: Any) -> None:
         entry = self.topics.pop(topic, None) if isinstance(topic, str) else None
@@ -196,6 +201,7 @@ class BybitSession(Session):
         kinds = self.by_symbol[symbol]
         kinds.pop(kind, None)
         self._level1.pop(topic, None)
+        self._full_from.pop(topic, None)
         if not kinds:
             del self.by_symbol[symbol]
             self.symbols.discard(symbol)
@@ -241,6 +247,51 @@ class BybitSession(Session):
         }
         await self.send_data(dumps(frame), "book")
 
+    async def _send_full_snapshot(self, topic: str, symbol: str) -> None:
+        """Whole-book snapshot from the live book; deltas continue from the next step."""
+        state = self.market.ensure(symbol)
+        dec_p, dec_q = state.spec.price_decimals, state.spec.qty_decimals
+        latest = state.latest
+        self._full_from[topic] = self.market.head
+        cts = latest.ts_ns // 1_000_000
+        frame = {
+            "topic": topic,
+            "ts": cts + 1,
+            "type": "snapshot",
+            "data": {
+                "s": symbol,
+                "b": [[fmt_min(p, dec_p), fmt_min(q, dec_q)] for p, q in state.book.levels("bid")],
+                "a": [[fmt_min(p, dec_p), fmt_min(q, dec_q)] for p, q in state.book.levels("ask")],
+                "u": state.u_full,
+                "seq": latest.seq,
+            },
+            "cts": cts,
+        }
+        await self.send_data(dumps(frame), "book")
+
+    async def _send_full_delta(self, topic: str, step: Step) -> None:
+        if step.index < self._full_from.get(topic, 0):
+            return  # already in the snapshot this topic started from
+        dec_p, dec_q = step.spec.price_decimals, step.spec.qty_decimals
+        cts = step.ts_ns // 1_000_000
+        frame = {
+            "topic": topic,
+            "ts": cts + 1,
+            "type": "delta",
+            "data": {
+                "s": step.symbol,
+                "b": [
+                    [fmt_min(p, dec_p), fmt_min(q, dec_q)]
+                    for p, q in sorted(step.bid_changes, reverse=True)
+                ],
+                "a": [[fmt_min(p, dec_p), fmt_min(q, dec_q)] for p, q in sorted(step.ask_changes)],
+                "u": step.u_full,
+                "seq": step.seq,
+            },
+            "cts": cts,
+        }
+        await self.send_data(dumps(frame), "book")
+
     async def on_step(self, step: Step) -> None:
         """Send this step on the subscribed topics of its symbol."""
         kinds = self.by_symbol.get(step.symbol)
@@ -279,6 +330,10 @@ class BybitSession(Session):
         topic = kinds.get("book50")
         if topic is not None and (step.delta_bids or step.delta_asks):
             await self._send_book(topic, step, snapshot=False)
+        for kind in ("book200", "book1000"):
+            topic = kinds.get(kind)
+            if topic is not None:
+                await self._send_full_delta(topic, step)
 
     def unknown_frame(self) -> str:
         """A well-formed frame on a topic spot never sends."""

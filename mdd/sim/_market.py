@@ -138,6 +138,7 @@ class Step:
     delta_bids: tuple[Level, ...]
     delta_asks: tuple[Level, ...]
     u50: int
+    u_full: int
     bar: SimBar | None
 
 
@@ -181,6 +182,7 @@ class SymbolState:
         self.next_trade_id = rng.randint(10**6, 10**9)
         self.u1 = rng.randint(10**5, 10**6)
         self.u50 = rng.randint(10**6, 10**7)
+        self.u_full = rng.randint(10**6, 10**7)
         bid = self.mid - 1
         for i in range(100):
             self.book.stage("bid", bid - i * self.gap, self.level_size())
@@ -209,6 +211,7 @@ class SymbolState:
             delta_bids=(),
             delta_asks=(),
             u50=self.u50,
+            u_full=self.u_full,
             bar=None,
         )
 
@@ -297,6 +300,7 @@ class SymbolState:
             delta_bids = delta_asks = ()
         if delta_bids or delta_asks or not self.track_deltas:
             self.u50 += 1
+        self.u_full += 1
         self.view_bids, self.view_asks = bids, asks
         top = (book.best("bid"), book.best("ask"))
         top_changed = top != self.top
@@ -321,6 +325,7 @@ class SymbolState:
             delta_bids=delta_bids,
             delta_asks=delta_asks,
             u50=self.u50,
+            u_full=self.u_full,
             bar=self._bar(now, trades),
         )
         self.latest = step

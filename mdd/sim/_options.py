@@ -67,7 +67,8 @@ class SimOptions:
         max_lifetime: Binance: cut each connection after this many seconds
             (venue: 24 h), with a ``serverShutdown`` event ``shutdown_notice``
             seconds before.
-        replay: Path of a recorded raw-frame JSONL file (not implemented yet).
+        replay: Reserved: recorded captures are served by
+            :func:`mdd.sim.replay.serve_replay`; ``serve_sim`` refuses it.
         ping_interval: Binance: seconds between server pings (venue: 20 s).
         pong_timeout: Binance: disconnect when a ping is not answered within
             this many seconds (venue: 60 s).

@@ -11,6 +11,7 @@ import wsproto.events as we
 from trio_websocket import ConnectionClosed
 
 from mdd.sim import SimOptions, SimServer, serve_sim
+from mdd.sim._market import fmt_min
 
 PATH = "/v5/public/spot"
 TRADE_KEYS = ["i", "T", "p", "v", "S", "seq", "s", "BT", "RPI"]
@@ -271,3 +272,34 @@ async def test_drop_garbage_refuse(nursery, autojump_clock, ws_client, raw_conne
     _, event = await raw_connect(server.port, "/v5/public/linear")
     assert isinstance(event, we.RejectConnection)
     assert event.status_code == 404
+
+
+async def test_orderbook200_whole_book_matches_truth(nursery, autojump_clock, ws_client):
+    server = await start(nursery)
+    state = server.market.symbols["BTCUSDT"]
+    async with ws_client(server.port, PATH) as ws:
+        await subscribe(ws, "orderbook.200.BTCUSDT")
+        await next_control(ws)
+        snap = orjson.loads(await ws.get_message())
+        assert snap["type"] == "snapshot"
+        bids = dict(snap["data"]["b"])
+        asks = dict(snap["data"]["a"])
+        u = snap["data"]["u"]
+        for n in range(1000):
+            delta = orjson.loads(await ws.get_message())
+            assert delta["type"] == "delta"
+            assert delta["data"]["u"] == u + 1
+            u = delta["data"]["u"]
+            for book, levels in ((bids, delta["data"]["b"]), (asks, delta["data"]["a"])):
+                for p, q in levels:
+                    if q == "0":
+                        book.pop(p, None)
+                    else:
+                        book[p] = q
+            if n >= 20 and u == state.u_full:
+                break
+    dec = state.spec.price_decimals
+    truth_b = {fmt_min(p, dec): fmt_min(q, 8) for p, q in state.book.levels("bid")}
+    truth_a = {fmt_min(p, dec): fmt_min(q, 8) for p, q in state.book.levels("ask")}
+    assert bids == truth_b
+    assert asks == truth_a

@@ -122,3 +122,8 @@ async def test_lagging_client_skips_ahead(nursery, autojump_clock, raw_connect, 
 def test_unknown_venue():
     with pytest.raises(ValueError, match="unknown venue"):
         trio.run(partial(serve_sim, "kraken"))
+
+
+def test_replay_option_points_elsewhere():
+    with pytest.raises(ValueError, match="serve_replay"):
+        trio.run(partial(serve_sim, "binance", SimOptions(replay="x.jsonl")))
