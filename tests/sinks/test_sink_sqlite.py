@@ -373,7 +373,6 @@ async def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     sink = SqliteSink(path, retain_days=1.0)
     await sink.open()
     old = TradeEvent("binance", "BTCUSDT", 1, 1, 1.0, 1.0, "buy", "old")
-    now = trio.current_time()  # noqa: F841 (retention runs on the first write)
     fresh_ts = 10**19 // 5  # far in the future: never retained
     fresh = TradeEvent("binance", "BTCUSDT", fresh_ts, fresh_ts, 1.0, 1.0, "buy", "new")
     before = metric("mdd_sqlite_retention_deleted_total", table="trades")
