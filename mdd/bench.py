@@ -635,7 +635,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--nats-url", default=None, help="NATS server (default: embedded)")
     p.add_argument("--data-dir", default=None, help="keep SQLite/JSONL files here")
-    p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
+    p.add_argument(
+        "--json", metavar="FILE", default=None, help="write the report as JSON ('-': stdout)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--consumer", action="store_true", help="benchmark the consumer features")
     p.add_argument("--book", action="store_true", help="benchmark the L2 book engine")
@@ -693,5 +695,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         out = reports[0] if len(reports) == 1 else reports
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        text = json.dumps(out, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.json).write_text(text)
     return 0
