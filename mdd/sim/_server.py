@@ -29,6 +29,7 @@ from ._market import Market
 if TYPE_CHECKING:
     from ._market import Step
     from ._options import Faults, SimOptions
+    from .rest import DepthRest
 
 LOGGER = logging.getLogger("mdd.sim")
 
@@ -291,6 +292,10 @@ class SimServer:
         host: Bound host.
         port: Bound port.
         url: What a provider config ``url`` should be.
+        rest_url: Binance: base URL of the REST depth endpoint
+            (:mod:`mdd.sim.rest`, ``GET /api/v3/depth``) for a provider's
+            ``rest_url``; empty for other venues.
+        rest: Binance: the running :class:`~mdd.sim.rest.DepthRest` (``fail_next``).
         options: The options; ``options.faults`` is live.
         connections: Connections attempted so far (refused ones included).
         active: Connections open now.
@@ -309,6 +314,8 @@ class SimServer:
         self.host = host
         self.port = 0
         self.url = ""
+        self.rest_url = ""
+        self.rest: DepthRest | None = None
         self.options = options
         self.connections = 0
         self.active = 0
@@ -411,6 +418,14 @@ async def serve(
         )
         server.port = ws_server.port
         server.url = url_for(host, server.port)
+        if venue == "binance":
+            # Binance books sync from a REST depth snapshot: serve one from the true book.
+            from .rest import market_depth, serve_depth_rest
+
+            server.rest = await nursery.start(
+                partial(serve_depth_rest, market_depth(server.market), host)
+            )
+            server.rest_url = server.rest.url
         LOGGER.info("sim.listening venue=%s url=%s", venue, server.url)
         task_status.started(server)
         await trio.sleep_forever()

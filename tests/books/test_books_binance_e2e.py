@@ -25,7 +25,6 @@ from mdd.metrics import REGISTRY
 from mdd.services import install
 from mdd.sim import SimOptions, serve_sim
 from mdd.sim._market import fmt_fixed
-from mdd.sim.rest import market_depth, serve_depth_rest
 
 SYMBOL = "BTCUSDT"
 PROVIDER = "bnc-books"
@@ -71,10 +70,8 @@ async def test_binance_gap_resyncs_and_book_matches_simulator(tmp_path: Path) ->
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve_sim, "binance", sim_options))
-            rest_url = getattr(server, "rest_url", "")
-            if not rest_url:
-                rest = await nursery.start(serve_depth_rest, market_depth(server.market))
-                rest_url = rest.url
+            rest_url = server.rest_url  # the sim's /api/v3/depth (mdd.sim.rest)
+            assert rest_url.startswith("http://127.0.0.1:")
             doc = {
                 "daemon": {"name": "booksd", "state_dir": str(tmp_path), "shutdown_grace": 2.0},
                 "http": {"port": 0},

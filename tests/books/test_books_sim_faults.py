@@ -22,7 +22,6 @@ from mdd.metrics import REGISTRY
 from mdd.providers.binance import BinanceProvider
 from mdd.sim import SimOptions, serve_sim
 from mdd.sim._market import fmt_fixed
-from mdd.sim.rest import market_depth, serve_depth_rest
 from mdd.supervisor import FeedGate
 
 SYMBOL = "BTCUSDT"
@@ -70,8 +69,9 @@ async def test_binance_book_faults(
         async with trio.open_nursery() as nursery:
             sim = SimOptions(symbols=(SYMBOL,), rate=50, seed=2)
             server = await nursery.start(partial(serve_sim, "binance", sim))
-            rest = await nursery.start(serve_depth_rest, market_depth(server.market))
-            config = ProviderConfig(name=name, kind="binance", url=server.url, rest_url=rest.url)
+            config = ProviderConfig(
+                name=name, kind="binance", url=server.url, rest_url=server.rest_url
+            )
             provider = BinanceProvider(config, (SYMBOL,), ("book",), ProviderHealth(name))
 
             async def collect() -> None:

@@ -13,16 +13,14 @@ from prov_rig import Rig, config, until
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers.binance import BinanceProvider
 from mdd.sim import SimOptions, serve_sim
-from mdd.sim.rest import market_depth, serve_depth_rest
 
 
 async def _start(nursery: trio.Nursery, rig: Rig, sim: SimOptions, **kw: object) -> tuple:
     server = await nursery.start(partial(serve_sim, "binance", sim))
     nursery.start_soon(rig.collect)
     cfg_keys = {k: kw.pop(k) for k in ("max_streams_per_connection",) if k in kw}
-    # The book channel syncs local books from the REST depth snapshot (mdd.books).
-    rest = await nursery.start(serve_depth_rest, market_depth(server.market))
-    cfg_keys["rest_url"] = rest.url
+    # The book channel syncs local books from the sim's REST depth snapshot (mdd.books).
+    cfg_keys["rest_url"] = server.rest_url
     channels = kw.pop("channels", ("trade", "quote", "book"))
     symbols = kw.pop("symbols", ("BTCUSDT",))
     provider = BinanceProvider(
