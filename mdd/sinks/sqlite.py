@@ -203,21 +203,24 @@ class SqliteSink:
         return SqliteSinkError(kind, self.path, events, f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
-        """Commit the pending book rows, then close the connection."""
-        if self.conn is None:
-            return
+        """Commit the pending book rows (reopening if an error closed the file), then close.
+
+        A failure here is logged with the number of book rows given up.
+        """
         pending = list(self._book_pending.values())
         if pending:
             try:
-                self._commit([], [], pending, [])
+                self._commit([], [], pending, [])  # connects if needed
                 self._book_pending.clear()
-            except apsw.Error as exc:
+            except (apsw.Error, SqliteSinkError) as exc:
                 LOGGER.error(
-                    "sink.sqlite.close_flush_failed path=%s books=%d error=%r",
+                    "sink.sqlite.close_flush_failed path=%s books_lost=%d error=%r",
                     self.path,
                     len(pending),
                     f"{type(exc).__name__}: {exc}",
                 )
+        if self.conn is None:
+            return
         self.conn.close()
         self.conn = None
         LOGGER.info(
