@@ -245,7 +245,10 @@ class BybitSession(Session):
             },
             "cts": cts,
         }
-        await self.send_data(dumps(frame), "book")
+        if snapshot:
+            await self.send_data(dumps(frame), "book")
+        else:
+            await self.send_book_update(topic, dumps(frame))  # faults: skip/duplicate/reorder
 
     async def _send_full_snapshot(self, topic: str, symbol: str) -> None:
         """Whole-book snapshot from the live book; deltas continue from the next step."""
@@ -290,7 +293,7 @@ class BybitSession(Session):
             },
             "cts": cts,
         }
-        await self.send_data(dumps(frame), "book")
+        await self.send_book_update(topic, dumps(frame))  # faults: skip/duplicate/reorder
 
     async def on_step(self, step: Step) -> None:
         """Send this step on the subscribed topics of its symbol."""
