@@ -884,7 +884,7 @@ class DepthSnapshotFetcher:
             response = await client.get(
                 url, params={"symbol": symbol, "limit": str(self.limit)}, timeout=self.timeout
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise SnapshotError(f"{symbol}: GET {url} failed: {type(exc).__name__}") from None
         if response.status_code != 200:
             retry = response.headers.get("retry-after")

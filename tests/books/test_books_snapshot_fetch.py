@@ -144,3 +144,19 @@ def test_depth_weights():
         250,
         250,
     ]
+
+
+async def test_unreachable_or_invalid_rest_url_is_retried_not_raised(
+    autojump_clock: trio.testing.MockClock,
+):
+    keeper = BookKeeper("bnc-bad", "binance", registry=BookRegistry())
+    for url in ("http://127.0.0.1:1", "::not a url::"):
+        fetcher = DepthSnapshotFetcher(keeper, url)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(fetcher.run, [].append))
+                fetcher.request("BTCUSDT")
+                await until(lambda f=fetcher: f.failures >= 2)
+                nursery.cancel_scope.cancel()
+        assert fetcher.fetched == 0
+        assert not keeper.book("BTCUSDT").synced
