@@ -136,6 +136,13 @@ async def test_binance_gap_resyncs_and_book_matches_simulator(tmp_path: Path) ->
                     assert r.status_code == 404
                     r = await client.get("/book", params={"symbol": SYMBOL, "depth": "0"})
                     assert r.status_code == 400
+                    r = await client.get("/book", params={"symbol": SYMBOL, "provider": "other"})
+                    assert r.status_code == 404
+                    r = await client.get(
+                        "/book", params={"symbol": SYMBOL, "provider": PROVIDER, "depth": "3"}
+                    )
+                    assert r.status_code == 200
+                    assert len(r.json()["bids"]) == 3
                 daemon.request_stop("test finished")
             nursery.cancel_scope.cancel()  # the simulator
 
