@@ -83,6 +83,7 @@ class BenchOptions:
             (the reader waits for the slowest sink, as a provider does with a
             blocking sink), so events/s is what every sink really absorbs;
             ``tiered`` reads at full speed and counts what the drop policy sheds.
+        server: the load generator, ``blaster`` or ``sim`` (see :class:`Blaster`).
     """
 
     venue: str = "binance"
@@ -97,6 +98,7 @@ class BenchOptions:
     nats_url: str | None = None
     progress: bool = False
     policy: str = "block"
+    server: str = "blaster"
 
 
 class TaskClock(trio.abc.Instrument):
@@ -200,36 +202,73 @@ def make_bench_transport(name: str) -> Transport:
 
 
 class Blaster:
-    """The :mod:`mdd.bench_blaster` child process (started/stopped by its Popen handle)."""
+    """The load generator child process (started and stopped by its Popen handle).
+
+    ``server="blaster"`` runs :mod:`mdd.bench_blaster` (pre-encoded frames,
+    many per write: the client is the bottleneck); ``server="sim"`` runs
+    ``mdd sim --rate 0`` (the exchange simulator at maximum rate, Binance only:
+    its streams are subscribed by URL), which is more realistic but sends one
+    frame per trio-websocket write, so it may be the slower side.
+    """
 
     def __init__(self, opts: BenchOptions, events: int | None, rate: float) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mdd.bench_blaster",
-            "--venue",
-            opts.venue,
-            "--symbols",
-            ",".join(opts.symbols),
-            "--events-per-frame",
-            str(opts.events_per_frame),
-            "--rate",
-            str(rate),
-        ]
-        if events is not None:
-            cmd += ["--events", str(events)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.server = opts.server
+        if opts.server == "sim":
+            if opts.venue != "binance":
+                raise BenchError("--server sim supports --venue binance only")
+            per_symbol = rate / len(opts.symbols) if rate > 0 else 0.0
+            cmd = [
+                sys.executable,
+                "-m",
+                "mdd",
+                "sim",
+                "--venue",
+                "binance",
+                "--port",
+                "0",
+                "--rate",
+                str(per_symbol),
+                "--symbols",
+                ",".join(opts.symbols),
+                "--log-level",
+                "error",
+            ]
+        elif opts.server == "blaster":
+            cmd = [
+                sys.executable,
+                "-m",
+                "mdd.bench_blaster",
+                "--venue",
+                opts.venue,
+                "--symbols",
+                ",".join(opts.symbols),
+                "--events-per-frame",
+                str(opts.events_per_frame),
+                "--rate",
+                str(rate),
+            ]
+            if events is not None:
+                cmd += ["--events", str(events)]
+        else:
+            raise BenchError(f"unknown --server {opts.server!r} (blaster or sim)")
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
-        if not line.startswith("port="):
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+        if opts.server == "sim" and line.startswith("binance"):
+            self.base = line.split()[1]
+        elif line.startswith("port="):
+            self.base = f"ws://127.0.0.1:{int(line.split('=', 1)[1])}"
+        else:
+            self._err.seek(0)
+            err = self._err.read().decode(errors="replace")
             self.stop()
-            raise BenchError(f"bench blaster failed to start: {line!r} {err[-500:]}")
-        self.port = int(line.split("=", 1)[1])
+            raise BenchError(f"bench load generator failed to start: {line!r} {err[-500:]}")
 
     def url(self, opts: BenchOptions) -> str:
-        """The endpoint the client connects to (path as the venue's)."""
-        return f"ws://127.0.0.1:{self.port}/stream"
+        """The endpoint the client connects to (a combined-stream URL, as the venue's)."""
+        streams = "/".join(f"{s.lower()}@trade" for s in opts.symbols)
+        return f"{self.base}/stream?streams={streams}"
 
     def stop(self) -> None:
         """Terminate the child (kill after 3 s)."""
@@ -240,9 +279,9 @@ class Blaster:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +546,7 @@ def _report(
         "sinks": list(opts.sinks),
         "offered_rate": opts.rate or "max",
         "policy": opts.policy,
+        "server": opts.server,
         "events": ev,
         "frames": run.frames,
         "delivered_to_every_sink": delivered,
@@ -633,6 +673,12 @@ def add_parser(sub: Any) -> None:
         choices=["block", "tiered"],
         help="lane policy: block = backpressure, no drops (default); tiered = shed",
     )
+    p.add_argument(
+        "--server",
+        default="blaster",
+        choices=["blaster", "sim"],
+        help="load generator: blaster (pre-encoded frames, default) or the simulator at max rate",
+    )
     p.add_argument("--nats-url", default=None, help="NATS server (default: embedded)")
     p.add_argument("--data-dir", default=None, help="keep SQLite/JSONL files here")
     p.add_argument(
@@ -686,6 +732,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     nats_url=args.nats_url,
                     progress=not args.quiet,
                     policy=args.policy,
+                    server=args.server,
                 )
                 report = trio.run(run_bench, opts)
                 reports.append(report)

@@ -112,3 +112,15 @@ def test_cli_consumer_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert report["events"] == 3000
     assert report["features_computed"] > 0
     assert "events/s (decode, state, features, signals)" in capsys.readouterr().out
+
+
+async def test_simulator_as_the_load_generator(tmp_path: Path) -> None:
+    opts = BenchOptions(sinks=("sqlite",), events=60, server="sim", data_dir=str(tmp_path))
+    with trio.fail_after(60):
+        report = await run_bench(opts)
+    assert report["server"] == "sim"
+    assert report["events"] == 60
+    db = apsw.Connection(str(tmp_path / "mdd.sqlite"))
+    assert db.execute("select count(*) from trades").fetchone() == (60,)
+    with pytest.raises(BenchError, match="binance only"):
+        await run_bench(BenchOptions(server="sim", venue="bybit", events=1))
