@@ -16,7 +16,8 @@ How it fits trio:
   frame, with ``last_in_buffer`` set on the last frame of one socket read.
   Frames are appended to a deque and the trio reader is woken once per read
   (not per frame), so a burst of frames costs one wake-up. ``get_message``
-  then returns queued frames without a checkpoint. When more than
+  then returns queued frames without a checkpoint (at most
+  :data:`YIELD_EVERY` in a row, so other tasks still run). When more than
   :data:`HIGH_WATER` frames wait, socket reading pauses (TCP backpressure)
   until the reader has drained below :data:`LOW_WATER`.
 * Keepalive: picows answers server pings itself (``enable_auto_pong``);
@@ -49,6 +50,8 @@ LOGGER = logging.getLogger("mdd.providers.picows")
 #: Frames queued before socket reads pause, and the level at which they resume.
 HIGH_WATER: Final = 65536
 LOW_WATER: Final = 16384
+#: Queued frames ``get_message`` may return in a row without a checkpoint.
+YIELD_EVERY: Final = 256
 
 _TEXT: Final = picows.WSMsgType.TEXT
 _BINARY: Final = picows.WSMsgType.BINARY
@@ -70,6 +73,7 @@ class _PicowsConnection:
         self.close_timeout = close_timeout
         self._partial: list[bytes] = []
         self._partial_text = False
+        self._unyielded = 0
 
     # -- asyncio side (picows callbacks; plain state and sync trio calls only) --
 
@@ -112,10 +116,19 @@ class _PicowsConnection:
 
     async def get_message(self) -> str | bytes:
         queue = self.queue
-        while not queue:
-            if self.disconnected.is_set():
-                raise ConnectionLost(self.closed_reason or "connection closed")
-            await self.lot.park()
+        if not queue:
+            while not queue:
+                if self.disconnected.is_set():
+                    raise ConnectionLost(self.closed_reason or "connection closed")
+                await self.lot.park()
+            self._unyielded = 0
+        else:
+            # Queued frames return without a checkpoint (the fast path), but
+            # never more than YIELD_EVERY in a row: other tasks must run.
+            self._unyielded += 1
+            if self._unyielded >= YIELD_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
         if self.paused and len(queue) < LOW_WATER:
             self.paused = False
             if not self.disconnected.is_set():

@@ -157,3 +157,33 @@ async def test_refused_port_and_bad_url_are_connect_failures() -> None:
             await PicowsTransport().connect(nursery, f"ws://127.0.0.1:{port}/")
         with pytest.raises(ConnectFailed, match="not a ws"):
             await PicowsTransport().connect(nursery, "http://127.0.0.1:1/")
+
+
+async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import orjson
+
+    from mdd import bench_blaster
+    from mdd.providers import _picows
+
+    monkeypatch.setattr(_picows, "HIGH_WATER", 50)
+    monkeypatch.setattr(_picows, "LOW_WATER", 10)
+    n = 3000
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                partial(bench_blaster.serve, "binance", ["BTCUSDT"], events=n)
+            )
+            async with trio.open_nursery() as conn_nursery:
+                conn = await PicowsTransport().connect(conn_nursery, f"ws://127.0.0.1:{port}/")
+                await _until(lambda: conn.paused)  # the reader has not read: reads pause
+                assert len(conn.queue) <= 50 + 2000  # at most one socket read past the mark
+                ids = []
+                for _ in range(n):
+                    frame = orjson.loads(await conn.get_message())
+                    ids.append(frame["data"]["t"])
+                assert not conn.paused
+                await conn.aclose()
+            nursery.cancel_scope.cancel()
+    assert ids == list(range(1, n + 1))
