@@ -124,3 +124,24 @@ async def test_simulator_as_the_load_generator(tmp_path: Path) -> None:
     assert db.execute("select count(*) from trades").fetchone() == (60,)
     with pytest.raises(BenchError, match="binance only"):
         await run_bench(BenchOptions(server="sim", venue="bybit", events=1))
+
+
+def test_latency_histogram_percentiles_are_within_a_bucket() -> None:
+    from mdd.bench import LatencyHistogram, percentiles
+    from mdd.events import TradeEvent
+
+    hist = LatencyHistogram()
+    now = 10**18
+    batch = [
+        TradeEvent("b", "X", None, now - i * 1_000_000, 1.0, 1.0, "buy", str(i))
+        for i in range(1, 1001)
+    ]  # 1 ms .. 1000 ms
+    hist.add_batch(now, batch)
+    p = percentiles(hist)
+    assert p is not None
+    assert p["n"] == 1000
+    assert p["p50"] == pytest.approx(500, rel=0.01)
+    assert p["p99"] == pytest.approx(990, rel=0.01)
+    assert p["max"] == pytest.approx(1000, rel=0.01)
+    assert len(hist.counts) < 1000  # bounded buckets
+    assert percentiles(LatencyHistogram()) is None
