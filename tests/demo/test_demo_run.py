@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import apsw
 import pytest
 import trio
+import trio.testing
 
-from mdd.demo import DemoOptions, run_demo, where_the_data_is
+from mdd.demo import DemoOptions, DemoView, run_demo, where_the_data_is
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -56,27 +58,53 @@ async def test_demo_runs_the_storyline_and_leaves_data_everywhere(tmp_path: Path
     assert "mdd-ctl --socket" in message
 
 
-def test_cli_demo_exits_zero_offline(tmp_path: Path) -> None:
-    proc = subprocess.run(
+def test_cli_demo_ctrl_c_stops_gracefully_and_exits_zero(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "mdd",
             "demo",
             "--duration",
-            "6",
+            "120",
             "--no-tty",
             "--no-faults",
             "--data-dir",
             str(tmp_path / "d"),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        timeout=90,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "mdd demo stopped. Your data:" in proc.stdout
-    assert "t=" in proc.stdout
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("t=3s"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "mdd demo stopped. Your data:" in rest
+    assert any("BTCUSDT" in line for line in lines)
     db = apsw.Connection(str(tmp_path / "d" / "mdd.sqlite"))
     assert db.execute("select count(*) from trades").fetchone()[0] > 0
+
+
+async def test_tty_view_redraws_the_screen(autojump_clock: trio.testing.MockClock) -> None:
+    out = io.StringIO()
+    view = DemoView(DemoOptions(tty=True, out=out))
+    view.syms["BTCUSDT"].last = 50000.5
+    view.say("hello story")
+    with trio.move_on_after(2.5):
+        await view.draw_forever()
+    text = out.getvalue()
+    assert text.count("\x1b[H\x1b[2J") == 2
+    assert "BTCUSDT" in text
+    assert "50000.50" in text
+    assert "hello story" in text
