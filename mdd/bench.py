@@ -84,6 +84,8 @@ class BenchOptions:
             blocking sink), so events/s is what every sink really absorbs;
             ``tiered`` reads at full speed and counts what the drop policy sheds.
         server: the load generator, ``blaster`` or ``sim`` (see :class:`Blaster`).
+        one_loop: run picows and the NATS sink on one trio-asyncio loop (default:
+            each opens its own, as in the daemon).
     """
 
     venue: str = "binance"
@@ -99,6 +101,7 @@ class BenchOptions:
     progress: bool = False
     policy: str = "block"
     server: str = "blaster"
+    one_loop: bool = False
 
 
 class TaskClock(trio.abc.Instrument):
@@ -421,7 +424,14 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
             nats_server = NatsServer(jetstream=False, workdir=data_dir / "nats").start()
             nats_url = nats_server.url
         blaster = Blaster(opts, opts.events, opts.rate)
-        return await _measure(opts, parse, transport, blaster.url(opts), data_dir, nats_url)
+        url = blaster.url(opts)
+        if opts.one_loop:
+            import trio_asyncio
+
+            # One asyncio loop for picows and the NATS client (else one each).
+            async with trio_asyncio.open_loop():
+                return await _measure(opts, parse, transport, url, data_dir, nats_url)
+        return await _measure(opts, parse, transport, url, data_dir, nats_url)
     finally:
         if blaster is not None:
             blaster.stop()
@@ -515,6 +525,9 @@ async def _run_nats(t: TimedSink, inbox: SinkInbox, *, task_status: trio.TaskSta
 
     from .sinks import run_sink
 
+    if trio_asyncio.current_loop.get() is not None:  # --one-loop: share the bench's loop
+        await run_sink(t, inbox, t.inner.health, task_status=task_status)
+        return
     async with trio_asyncio.open_loop():
         await run_sink(t, inbox, t.inner.health, task_status=task_status)
 
@@ -565,6 +578,7 @@ def _report(
         "offered_rate": opts.rate or "max",
         "policy": opts.policy,
         "server": opts.server,
+        "one_loop": opts.one_loop,
         "events": ev,
         "frames": run.frames,
         "delivered_to_every_sink": delivered,
@@ -697,6 +711,11 @@ def add_parser(sub: Any) -> None:
         choices=["blaster", "sim"],
         help="load generator: blaster (pre-encoded frames, default) or the simulator at max rate",
     )
+    p.add_argument(
+        "--one-loop",
+        action="store_true",
+        help="picows and NATS share one trio-asyncio loop (default: one each)",
+    )
     p.add_argument("--nats-url", default=None, help="NATS server (default: embedded)")
     p.add_argument("--data-dir", default=None, help="keep SQLite/JSONL files here")
     p.add_argument(
@@ -751,6 +770,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     progress=not args.quiet,
                     policy=args.policy,
                     server=args.server,
+                    one_loop=args.one_loop,
                 )
                 report = trio.run(run_bench, opts)
                 reports.append(report)

@@ -145,3 +145,20 @@ def test_latency_histogram_percentiles_are_within_a_bucket() -> None:
     assert p["max"] == pytest.approx(1000, rel=0.01)
     assert len(hist.counts) < 1000  # bounded buckets
     assert percentiles(LatencyHistogram()) is None
+
+
+async def test_one_loop_shares_asyncio_between_picows_and_nats(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    opts = BenchOptions(
+        sinks=("nats",),
+        events=300,
+        transport="picows",
+        one_loop=True,
+        data_dir=str(tmp_path),
+        nats_url=nats_server.url,
+    )
+    with trio.fail_after(60):
+        report = await run_bench(opts)
+    assert report["one_loop"] is True
+    assert report["delivered_to_every_sink"] == 300
