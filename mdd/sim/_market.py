@@ -38,6 +38,8 @@ LOGGER = logging.getLogger("mdd.sim.market")
 MIN_TICK: Final = 0.01
 #: Levels kept in each step's view of the book (Bybit orderbook.50 and Binance depth20 need it).
 VIEW_DEPTH: Final = 50
+#: View depth for venues that need no more (Binance depth20, Alpaca quotes and resets).
+SHORT_VIEW_DEPTH: Final = 20
 #: The book keeps between these many levels a side.
 MIN_LEVELS: Final = 80
 MAX_LEVELS: Final = 120
@@ -174,8 +176,12 @@ class SymbolState:
         self.rng = rng
         #: Compute top-50 view deltas (Bybit orderbook.50 needs them; they cost).
         self.track_deltas = True
+        #: Levels a side kept in each step's view (50 for Bybit, 20 is enough elsewhere).
+        self.view_depth = VIEW_DEPTH
         scale = 10**spec.price_decimals
         self.mid = max(2, round(spec.start_price * scale))
+        self._level_sizes = [self._units(10 ** rng.uniform(1.5, 5.3)) for _ in range(1024)]
+        self._trade_sizes = [self._units(10 ** rng.uniform(0.7, 4.3)) for _ in range(1024)]
         self.gap = max(1, round(self.mid * 1e-6))
         self.sigma = max(1.0, self.mid * 2e-6)
         self.book = SimBook(last_update_id=rng.randint(10**8, 10**10))
@@ -223,12 +229,12 @@ class SymbolState:
         return max(1000, int(round(raw * 10**self.spec.qty_decimals, -3)))
 
     def level_size(self) -> int:
-        """A plausible resting size."""
-        return self._units(10 ** self.rng.uniform(1.5, 5.3))
+        """A plausible resting size (drawn from a pre-made log-uniform table)."""
+        return self._level_sizes[self.rng.getrandbits(10)]
 
     def trade_size(self) -> int:
-        """A plausible trade size."""
-        return self._units(10 ** self.rng.uniform(0.7, 4.3))
+        """A plausible trade size (drawn from a pre-made log-uniform table)."""
+        return self._trade_sizes[self.rng.getrandbits(10)]
 
     def step(self, index: int, seq: int, now: int, n_trades: int) -> Step:
         """Advance this symbol by one step and describe it."""
@@ -291,8 +297,8 @@ class SymbolState:
                 assert worst is not None
                 book.stage(sd, worst, 0)
         first, last, bid_changes, ask_changes = book.commit()
-        bids = tuple(book.top("bid", VIEW_DEPTH))
-        asks = tuple(book.top("ask", VIEW_DEPTH))
+        bids = tuple(book.top("bid", self.view_depth))
+        asks = tuple(book.top("ask", self.view_depth))
         if self.track_deltas:
             delta_bids = tuple(diff_levels(self.view_bids, bids))
             delta_asks = tuple(diff_levels(self.view_asks, asks))
@@ -390,6 +396,7 @@ class Market:
         if state is None:
             state = SymbolState(spec_for(symbol), self.rng, self.clock, self.seq)
             state.track_deltas = self.track_deltas
+            state.view_depth = VIEW_DEPTH if self.track_deltas else SHORT_VIEW_DEPTH
             self.symbols[symbol] = state
         return state
 
