@@ -58,6 +58,9 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument("--subscribe-delay", type=float, default=0.0, metavar="S")
     f.add_argument("--refuse-connections", action="store_true")
     f.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="bybit")
+    f.add_argument("--book-skip", type=int, default=0, metavar="N", help="drop N book updates")
+    f.add_argument("--book-duplicate", type=int, default=0, metavar="N")
+    f.add_argument("--book-reorder", type=int, default=0, metavar="N")
     p.set_defaults(func=_cmd_sim)
 
 
@@ -71,6 +74,9 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         subscribe_delay=args.subscribe_delay,
         refuse_connections=args.refuse_connections,
         idle_timeout=args.idle_timeout,
+        book_skip=args.book_skip,
+        book_duplicate=args.book_duplicate,
+        book_reorder=args.book_reorder,
     )
     return SimOptions(
         symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
@@ -89,6 +95,8 @@ def describe(server: SimServer) -> str:
     """One line telling a person what to connect to."""
     if server.venue == "binance":
         hint = "(append /stream?streams=btcusdt@trade or /ws)"
+        if server.rest_url:
+            hint += f" rest {server.rest_url}"
     elif server.venue == "alpaca":
         base = server.url.rsplit("/v2/", 1)[0]
         hint = f"(crypto: {base}/v1beta3/crypto/us; key/secret as configured)"
