@@ -343,7 +343,7 @@ async def run_demo(opts: DemoOptions, *, handle_signals: bool = True) -> DemoRes
                     "consumer": {"name": "demo-consumer"},
                     "nats": {"url": nats.url},
                     "http": {"port": consumer_port},
-                    "signals": {"cooldown": 5.0, "return_threshold": 0.0001},
+                    "signals": {"cooldown": 5.0, "return_threshold": 0.00005},
                 },
                 "<mdd demo>",
             )
@@ -352,6 +352,11 @@ async def run_demo(opts: DemoOptions, *, handle_signals: bool = True) -> DemoRes
             await root.start(partial(_run_until_done, consumer.run, consumer_done))
             view.consumer = consumer
             view.say("consumer up: features and signals from NATS md.events.>")
+            view.say(
+                f"try: curl http://127.0.0.1:{http_port}/health | "
+                f"mdd-ctl --socket {data_dir / 'mdd.sock'} status | "
+                f"curl http://127.0.0.1:{consumer_port}/features/latest"
+            )
             root.start_soon(view.draw_forever)
             if opts.faults:
                 root.start_soon(_storyline, view, binance, opts)
