@@ -8,8 +8,10 @@ Endpoint ``/v5/public/spot``. Client ops: ``subscribe`` / ``unsubscribe``
 unchanged with the same ``u`` every ``book_resend`` seconds) and
 ``orderbook.50.SYM`` (snapshot on subscribe, then deltas with consecutive ``u``
 and increasing ``seq``, ``cts``) and ``orderbook.200/1000.SYM`` (the whole
-book, snapshot then every step's changes). Control frames are Go-escaped like the venue's
-(``>`` as ``\\u003e``). A subscribe with any bad topic fails as a whole.
+book, snapshot then every step's changes) and ``tickers.SYM`` (snapshot per
+step: last price and session high/low/volume/turnover, no bid/ask). Control
+frames are Go-escaped like the venue's (``>`` as ``\\u003e``). A subscribe
+with any bad topic fails as a whole.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class BybitSession(Session):
         if not isinstance(topic, str):
             return "error:args invalid"
         parts = topic.split(".")
-        if parts[0] == "publicTrade" and len(parts) == 2:
+        if parts[0] in ("publicTrade", "tickers") and len(parts) == 2:
             symbol = parts[1]
         elif parts[0] == "orderbook" and len(parts) == 3 and parts[1] in {str(d) for d in DEPTHS}:
             symbol = parts[2]
@@ -179,7 +181,13 @@ class BybitSession(Session):
     async def _add(self, topic: str) -> None:
         parts = topic.split(".")
         symbol = parts[-1]
-        kind = "trade" if parts[0] == "publicTrade" else f"book{parts[1]}"
+        kind = (
+            "trade"
+            if parts[0] == "publicTrade"
+            else "ticker"
+            if parts[0] == "tickers"
+            else f"book{parts[1]}"
+        )
         self.market.ensure(symbol)
         self.topics[topic] = (kind, symbol)
         self.by_symbol.setdefault(symbol, {})[kind] = topic
@@ -337,6 +345,35 @@ class BybitSession(Session):
             topic = kinds.get(kind)
             if topic is not None:
                 await self._send_full_delta(topic, step)
+        topic = kinds.get("ticker")
+        if topic is not None:
+            await self._send_ticker(topic, step)
+
+    async def _send_ticker(self, topic: str, step: Step) -> None:
+        """Spot tickers snapshot: last price and session stats, no bid/ask (as on spot)."""
+        dec_p, dec_q = step.spec.price_decimals, step.spec.qty_decimals
+        last, high, low, volume, notional = step.stats
+        prev = self.market.symbols[step.symbol].first_price
+        pct = (last - prev) / prev if prev else 0.0
+        data = {
+            "symbol": step.symbol,
+            "lastPrice": fmt_min(last, dec_p),
+            "highPrice24h": fmt_min(high, dec_p),
+            "lowPrice24h": fmt_min(low, dec_p),
+            "prevPrice24h": fmt_min(prev, dec_p),
+            "volume24h": fmt_min(volume, dec_q),
+            "turnover24h": fmt_min(notional // 10**dec_p, dec_q),
+            "price24hPcnt": f"{pct:.4f}",
+            "usdIndexPrice": fmt_min(last, dec_p),
+        }
+        frame = {
+            "topic": topic,
+            "ts": step.ts_ns // 1_000_000 + 1,
+            "type": "snapshot",
+            "cs": step.seq,
+            "data": data,
+        }
+        await self.send_data(dumps(frame), "ticker")
 
     def unknown_frame(self) -> str:
         """A well-formed frame on a topic spot never sends."""

@@ -141,6 +141,7 @@ class Step:
     delta_asks: tuple[Level, ...]
     u50: int
     u_full: int
+    stats: tuple[int, int, int, int, int]  # last price, high, low (ticks), volume (units), notional
     bar: SimBar | None
 
 
@@ -189,6 +190,8 @@ class SymbolState:
         self.u1 = rng.randint(10**5, 10**6)
         self.u50 = rng.randint(10**6, 10**7)
         self.u_full = rng.randint(10**6, 10**7)
+        self.stats = (self.mid, self.mid, self.mid, 0, 0)
+        self.first_price = self.mid
         bid = self.mid - 1
         for i in range(100):
             self.book.stage("bid", bid - i * self.gap, self.level_size())
@@ -218,6 +221,7 @@ class SymbolState:
             delta_asks=(),
             u50=self.u50,
             u_full=self.u_full,
+            stats=(self.mid, self.mid, self.mid, 0, 0),
             bar=None,
         )
 
@@ -332,10 +336,23 @@ class SymbolState:
             delta_asks=delta_asks,
             u50=self.u50,
             u_full=self.u_full,
+            stats=self._stats(trades),
             bar=self._bar(now, trades),
         )
         self.latest = step
         return step
+
+    def _stats(self, trades: list[SimTrade]) -> tuple[int, int, int, int, int]:
+        """Running session statistics (the sim's stand-in for 24 h tickers)."""
+        last, high, low, volume, notional = self.stats
+        for t in trades:
+            last = t.price
+            high = max(high, t.price)
+            low = min(low, t.price)
+            volume += t.qty
+            notional += t.price * t.qty
+        self.stats = (last, high, low, volume, notional)
+        return self.stats
 
     def _bar(self, now: int, trades: list[SimTrade]) -> SimBar | None:
         minute = now // MINUTE_NS

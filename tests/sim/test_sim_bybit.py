@@ -303,3 +303,20 @@ async def test_orderbook200_whole_book_matches_truth(nursery, autojump_clock, ws
     truth_a = {fmt_min(p, dec): fmt_min(q, 8) for p, q in state.book.levels("ask")}
     assert bids == truth_b
     assert asks == truth_a
+
+
+async def test_tickers_snapshot(nursery, autojump_clock, ws_client):
+    server = await start(nursery)
+    async with ws_client(server.port, PATH) as ws:
+        await subscribe(ws, "tickers.BTCUSDT")
+        await next_control(ws)
+        for _ in range(20):
+            frame = orjson.loads(await ws.get_message())
+        assert list(frame) == ["topic", "ts", "type", "cs", "data"]
+        data = frame["data"]
+        assert data["symbol"] == "BTCUSDT"
+        assert "bid1Price" not in data  # spot tickers have no bid/ask
+        assert float(data["lowPrice24h"]) <= float(data["lastPrice"]) <= float(data["highPrice24h"])
+        assert float(data["volume24h"]) > 0
+        assert float(data["turnover24h"]) > float(data["volume24h"])
+    assert server.sent["ticker"] >= 20
