@@ -50,12 +50,12 @@ class Session:
     """One accepted WebSocket connection of a simulated venue.
 
     Subclasses implement :meth:`on_text` (a client frame), :meth:`on_step` (a
-    market step of a symbol in :attr:`symbols`), and may add timers in
-    :meth:`start_tasks`. They send with :meth:`send_control` (never subject
+    market step of a symbol in :attr:`symbols`), and may greet or add timers in
+    :meth:`start`. They send with :meth:`send_control` (never subject
     to faults) or :meth:`send_data` (counted, faulted).
     """
 
-    #: Paths this venue serves (exact match after dropping the query).
+    #: Venue name, for logs.
     venue: ClassVar[str] = ""
 
     def __init__(
@@ -386,6 +386,9 @@ class SimServer:
         self.sessions.add(session)
         try:
             await session.run()
+        except Exception:
+            # A simulator bug ends this connection, never the whole server.
+            LOGGER.exception("sim.session_failed venue=%s path=%s", self.venue, session.path)
         finally:
             self.active -= 1
             self.sessions.discard(session)

@@ -8,6 +8,7 @@ import orjson
 import pytest
 import trio
 import wsproto.events as we
+from trio_websocket import ConnectionClosed
 
 from mdd.sim import SimOptions, binance_depth_snapshot, serve_sim, serve_sims
 from mdd.sim.book import SimBook, diff_levels
@@ -127,3 +128,24 @@ def test_unknown_venue():
 def test_replay_option_points_elsewhere():
     with pytest.raises(ValueError, match="serve_replay"):
         trio.run(partial(serve_sim, "binance", SimOptions(replay="x.jsonl")))
+
+
+async def test_a_failing_session_does_not_stop_the_server(
+    nursery, autojump_clock, ws_client, monkeypatch, caplog
+):
+    from mdd.sim._binance import BinanceSession
+
+    server = await nursery.start(partial(serve_sim, "binance", SimOptions(seed=1)))
+
+    async def broken(self, message):
+        raise RuntimeError("sim bug")
+
+    monkeypatch.setattr(BinanceSession, "on_text", broken)
+    async with ws_client(server.port, "/ws") as ws:
+        await ws.send_message("{}")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+    assert any("sim.session_failed" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    async with ws_client(server.port, "/ws/btcusdt@trade") as ws:
+        assert orjson.loads(await ws.get_message())["e"] == "trade"
