@@ -398,7 +398,7 @@ class Market:
         self.steps: collections.deque[Step] = collections.deque(maxlen=max(1, options.backlog))
         self.base = 0  # index of steps[0]
         self.seq = self.rng.randint(10**9, 10**10)
-        self._listeners: set[Callable[[], None]] = set()
+        self._listeners: dict[Callable[[], None], Callable[[], Iterable[str]]] = {}
         for symbol in options.symbols:
             self.ensure(symbol)
 
@@ -428,13 +428,26 @@ class Market:
             return self.steps[pos]
         return None
 
-    def add_listener(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` after every new batch of steps."""
-        self._listeners.add(wake)
+    def add_listener(
+        self, wake: Callable[[], None], interest: Callable[[], Iterable[str]] = tuple
+    ) -> None:
+        """Call ``wake`` after every new batch of steps.
+
+        ``interest`` returns the symbols that listener reads: the ticker only
+        moves symbols somebody reads, the others rest (their books stay valid).
+        """
+        self._listeners[wake] = interest
 
     def remove_listener(self, wake: Callable[[], None]) -> None:
         """Stop calling ``wake``."""
-        self._listeners.discard(wake)
+        self._listeners.pop(wake, None)
+
+    def wanted(self) -> set[str]:
+        """Symbols some listener reads now."""
+        out: set[str] = set()
+        for interest in self._listeners.values():
+            out.update(interest())
+        return out
 
     def advance(self, symbols: Iterable[str] | None = None) -> None:
         """Make one step for each symbol (default: every known symbol)."""
@@ -470,9 +483,11 @@ class Market:
             owed += per_tick
             n = int(owed + 1e-9)
             owed -= n
-            if self._listeners:  # nobody connected: the market rests
+            wanted = self.wanted() if self._listeners else None
+            if wanted:  # symbols nobody reads rest
+                names = [name for name in self.symbols if name in wanted]
                 for _ in range(n):
-                    self.advance()
+                    self.advance(names)
 
 
 def fmt_fixed(value: int, decimals: int, width: int) -> str:

@@ -106,7 +106,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until either side closes it."""
         self.last = {name: st.latest for name, st in self.market.symbols.items()}
-        self.market.add_listener(self.wake)
+        self.market.add_listener(self.wake, lambda: self.symbols)
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
