@@ -293,9 +293,8 @@ class SymbolState:
             while book.depth(sd) < MIN_LEVELS:
                 worst = book.worst(sd)
                 base = worst if worst is not None else self.mid
-                book.stage(
-                    sd, base + sign * 1 + int(rng.random() * 2 * self.gap), self.level_size()
-                )
+                deeper = base + sign * (1 + int(rng.random() * 2 * self.gap))
+                book.stage(sd, deeper, self.level_size())
             while book.depth(sd) > MAX_LEVELS:
                 worst = book.worst(sd)
                 assert worst is not None
