@@ -11,6 +11,7 @@ import wsproto.events as we
 from trio_websocket import ConnectionClosed
 
 from mdd.sim import SimOptions, binance_depth_snapshot, serve_sim, serve_sims
+from mdd.sim._market import Market
 from mdd.sim.book import SimBook, diff_levels
 
 
@@ -149,3 +150,34 @@ async def test_a_failing_session_does_not_stop_the_server(
     monkeypatch.undo()
     async with ws_client(server.port, "/ws/btcusdt@trade") as ws:
         assert orjson.loads(await ws.get_message())["e"] == "trade"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("symbol", ["BTCUSDT", "DOGEUSDT", "AAPL", "ETH/USD"])
+def test_market_invariants(seed, symbol):
+    """Never crossed, ids chain, trades hit resting levels, sizes positive, bars consistent."""
+
+    async def run() -> None:
+        market = Market(SimOptions(symbols=(symbol,), seed=seed, trades_per_frame=3))
+        prev = market.latest(symbol)
+        trade_id = None
+        for _ in range(500):
+            market.advance()
+            step = market.steps[-1]
+            assert step.first_update_id == prev.last_update_id + 1
+            assert step.first_update_id <= step.last_update_id
+            assert step.bids[0][0] < step.asks[0][0]
+            assert all(q > 0 for _, q in step.bids + step.asks)
+            for t in step.trades:
+                assert trade_id is None or t.trade_id == trade_id + 1
+                trade_id = t.trade_id
+                assert t.qty > 0
+                resting = {p for p, _ in (prev.asks if t.taker_buy else prev.bids)}
+                assert t.price in resting  # at the touch, or through it when a trade sweeps
+            if step.bar is not None:
+                bar = step.bar
+                assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
+            prev = step
+            await trio.lowlevel.checkpoint()
+
+    trio.run(run)
