@@ -33,6 +33,7 @@ import attrs
 import orjson
 import trio
 
+from . import storage
 from .errors import MddError
 from .metrics import REGISTRY, register_daemon, unregister_daemon
 from .services import (
@@ -63,28 +64,6 @@ SYMBOL_RE: Final = re.compile(r"[A-Z0-9._-]{1,32}")
 _BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 JSON_TYPE: Final = b"application/json"
-
-#: Columns served by ``/latest`` (the SQLite sink's tables).
-TRADE_COLUMNS: Final = (
-    "provider",
-    "symbol",
-    "ts_exchange",
-    "ts_recv",
-    "price",
-    "qty",
-    "side",
-    "trade_id",
-)
-QUOTE_COLUMNS: Final = (
-    "provider",
-    "symbol",
-    "ts_exchange",
-    "ts_recv",
-    "bid_px",
-    "bid_qty",
-    "ask_px",
-    "ask_qty",
-)
 
 
 class HttpBindError(MddError):
@@ -265,45 +244,17 @@ async def latest(ctx: HttpContext, query: Query) -> Response:
 
 
 def read_latest(path: Path, symbol: str) -> dict[str, Any]:
-    """Latest trade and quote rows of ``symbol`` (any provider), read-only.
+    """Latest trade and quote rows of ``symbol`` (any provider), via :func:`mdd.storage.latest`.
 
     A missing file or table reads as no rows (nothing stored yet).
 
     Raises:
         HttpError: 503 when the file exists but cannot be read.
     """
-    import apsw
-
-    out: dict[str, Any] = {"symbol": symbol, "trade": None, "quote": None}
-    if not path.exists():
-        return out
     try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as exc:
-        raise HttpError(503, f"cannot open the sqlite database: {exc}") from None
-    try:
-        conn.set_busy_timeout(1000)
-        for key, table, cols in (
-            ("trade", "trades", TRADE_COLUMNS),
-            ("quote", "quotes", QUOTE_COLUMNS),
-        ):
-            sql = (
-                f"SELECT {', '.join(cols)} FROM {table} WHERE symbol = ? "
-                "ORDER BY ts_recv DESC LIMIT 1"
-            )
-            try:
-                row = conn.execute(sql, (symbol,)).fetchone()
-            except apsw.SQLError as exc:
-                if "no such table" in str(exc):
-                    continue
-                raise HttpError(503, f"cannot read the sqlite database: {exc}") from None
-            except apsw.Error as exc:
-                raise HttpError(503, f"cannot read the sqlite database: {exc}") from None
-            if row is not None:
-                out[key] = dict(zip(cols, row, strict=True))
-    finally:
-        conn.close()
-    return out
+        return storage.latest(path, symbol)
+    except storage.StorageError as exc:
+        raise HttpError(503, f"cannot read the sqlite database: {exc}") from None
 
 
 async def bus_stats(ctx: HttpContext, query: Query) -> Response:
