@@ -11,8 +11,9 @@ as documented: 400 invalid syntax (bad JSON, action or symbol), 401 not
 authenticated, 402 auth failed (then close), 403 already authenticated, 404
 auth timeout (then close), 405 symbol limit exceeded (IEX: 30 trade+quote
 symbols; also the ``reject_subscribe`` fault), 406 connection limit exceeded
-(a second authenticated connection on one endpoint, or the
-``refuse_connections`` fault; then close). Data frames are arrays mixing
+(a second authenticated connection on one endpoint, a slot still held by a
+dead session under ``session_linger``, or the ``refuse_connections`` fault;
+then close). Data frames are arrays mixing
 ``t``/``q``/``b`` (and crypto ``o``) points; prices and sizes are JSON numbers
 and timestamps RFC 3339 with nanoseconds.
 """
@@ -116,6 +117,15 @@ class AlpacaSession(Session):
             await self._auth(key, secret)
         nursery.start_soon(self._auth_timer)
 
+    async def run(self) -> None:
+        """Serve; an authenticated session may keep its slot a while (``session_linger``)."""
+        try:
+            await super().run()
+        finally:
+            linger = self.faults.session_linger
+            if self.authenticated and linger > 0:
+                self.server.linger_until[self.path] = trio.current_time() + linger
+
     async def _auth_timer(self) -> None:
         await trio.sleep(self.server.options.auth_timeout)
         if not self.authenticated and self._nursery is not None:
@@ -136,7 +146,8 @@ class AlpacaSession(Session):
             for s in self.server.sessions_on(self.path)
             if s is not self and isinstance(s, AlpacaSession) and s.authenticated
         ]
-        if others or self.server.is_refusing():
+        lingering = trio.current_time() < self.server.linger_until.get(self.path, float("-inf"))
+        if others or lingering or self.server.is_refusing():
             await self._error(406)
             self.close(1008, "connection limit exceeded")
             return

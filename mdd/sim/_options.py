@@ -33,6 +33,9 @@ class Faults:
         book_duplicate: Book updates to send twice, counted down.
         book_reorder: Book updates to hold back and send after the next one
             of the same stream, counted down.
+        session_linger: Alpaca: after an authenticated connection ends, its
+            slot stays taken this many seconds, so a reconnect gets 406 (the
+            venue was seen to take ~90 s to notice a dead session).
     """
 
     drop_after: int | None = None
@@ -46,6 +49,7 @@ class Faults:
     book_skip: int = 0
     book_duplicate: int = 0
     book_reorder: int = 0
+    session_linger: float = 0.0
 
 
 @attrs.define

@@ -330,6 +330,8 @@ class SimServer:
         self._router = router
         self._silent_until = float("-inf")
         self._refuse_until = float("-inf")
+        #: Alpaca: endpoint path -> trio time until which a dead session holds its slot.
+        self.linger_until: dict[str, float] = {}
 
     def is_silent(self) -> bool:
         """Whether data frames are suppressed right now."""

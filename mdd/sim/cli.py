@@ -61,6 +61,7 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument("--book-skip", type=int, default=0, metavar="N", help="drop N book updates")
     f.add_argument("--book-duplicate", type=int, default=0, metavar="N")
     f.add_argument("--book-reorder", type=int, default=0, metavar="N")
+    f.add_argument("--session-linger", type=float, default=0.0, metavar="S", help="alpaca")
     p.set_defaults(func=_cmd_sim)
 
 
@@ -77,6 +78,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         book_skip=args.book_skip,
         book_duplicate=args.book_duplicate,
         book_reorder=args.book_reorder,
+        session_linger=args.session_linger,
     )
     return SimOptions(
         symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),

@@ -273,3 +273,18 @@ async def test_garbage_and_drop(nursery, autojump_clock, ws_client):
     assert frames[2] == "sim garbage: this is not JSON {"
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(frames[5])  # truncated
+
+
+async def test_session_linger_gives_406_for_a_while(nursery, autojump_clock, ws_client):
+    server = await start(nursery)
+    server.options.faults.session_linger = 90.0
+    async with ws_client(server.port, "/v2/iex") as ws:
+        assert (await login(ws))[0]["msg"] == "authenticated"
+        server.disconnect_all()  # the "network drop"
+        await drain(ws)
+    t0 = trio.current_time()
+    async with ws_client(server.port, "/v2/iex") as ws:
+        assert (await login(ws))[0]["code"] == 406
+    await trio.sleep(90.0 - (trio.current_time() - t0))
+    async with ws_client(server.port, "/v2/iex") as ws:
+        assert (await login(ws))[0]["msg"] == "authenticated"
