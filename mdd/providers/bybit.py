@@ -39,6 +39,8 @@ LOGGER = logging.getLogger("mdd.providers.bybit")
 
 #: Spot allows at most this many args per subscribe request.
 MAX_ARGS_PER_REQUEST: Final = 10
+#: Seconds to wait for the snapshot after a book resubscribe before asking again.
+BOOK_RESYNC_TIMEOUT: Final = 5.0
 _MS: Final = 1_000_000
 _INF: Final = math.inf
 _SIDES: Final = {"Buy": "buy", "Sell": "sell"}
@@ -246,6 +248,7 @@ class BybitProvider(WsProvider):
         if "book" in self.channels and self.config.book_depth != 1:
             self.books = BookKeeper(self.name, "bybit")
         self._resubscribes = 0
+        self._resyncing: dict[str, float] = {}  # symbol -> trio time of the last resubscribe
 
     async def run(
         self, outlet: Outlet, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -272,11 +275,24 @@ class BybitProvider(WsProvider):
         """The module's :func:`parse`; book messages go through the books."""
         items = parse(raw, ts_recv, self.name)
         if self.books is not None:
-            items, actions = feed_books(self.books, items, trio.current_time())
+            now = trio.current_time()
+            items, actions = feed_books(self.books, items, now)
             for symbol, _ in actions:
                 # A gap: on_control resubscribes the topic (it may await the send).
                 items.append(Control("book_resync", self.name, symbol=symbol))
+            if self._resyncing:
+                self._check_resyncs(items, now)
         return items
+
+    def _check_resyncs(self, items: Parsed, now: float) -> None:
+        """Forget resynced books; resubscribe again when a snapshot is overdue."""
+        assert self.books is not None
+        for symbol, since in list(self._resyncing.items()):
+            if self.books.book(symbol).synced:
+                del self._resyncing[symbol]
+            elif now - since >= BOOK_RESYNC_TIMEOUT:
+                self._resyncing[symbol] = now
+                items.append(Control("book_resync", self.name, symbol=symbol))
 
     def keepalive_message(self) -> Any:
         """Bybit's client heartbeat."""
@@ -287,6 +303,7 @@ class BybitProvider(WsProvider):
         if self.books is not None:
             for symbol in session.plan.symbols:
                 self.books.reset(symbol)  # a new connection starts from a new snapshot
+                self._resyncing.pop(symbol, None)
         requests = subscribe_requests(list(session.plan.topics))
         pending = {r["req_id"] for r in requests}
         session.state["pending"] = pending
@@ -323,6 +340,7 @@ class BybitProvider(WsProvider):
         topic = f"orderbook.{self.config.book_depth}.{symbol}"
         self._resubscribes += 1
         n = self._resubscribes
+        self._resyncing[symbol] = trio.current_time()
         LOGGER.info("bybit.book_resubscribe provider=%s topic=%s", self.name, topic)
         await session.send({"req_id": f"resync-u{n}", "op": "unsubscribe", "args": [topic]})
         await session.send({"req_id": f"resync-s{n}", "op": "subscribe", "args": [topic]})

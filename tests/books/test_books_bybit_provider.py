@@ -46,6 +46,7 @@ class FakeBybit:
         self.subscribed = False
         self.ops: list[tuple[str, list[str]]] = []
         self.snapshots = 0
+        self.drop_snapshots = 0  # subscribes answered without the snapshot
         self.url = ""
 
     def _msg(self, kind: str, bids, asks) -> str:
@@ -122,7 +123,10 @@ class FakeBybit:
                     await ws.send_message(orjson.dumps(ack).decode())
                     if op == "subscribe" and TOPIC in msg["args"]:
                         self.subscribed = True
-                        await ws.send_message(self.snapshot())
+                        if self.drop_snapshots:
+                            self.drop_snapshots -= 1
+                        else:
+                            await ws.send_message(self.snapshot())
                     elif op == "unsubscribe" and TOPIC in msg["args"]:
                         self.subscribed = False
             except ConnectionClosed:
@@ -201,3 +205,29 @@ async def test_bybit_book_gap_resubscribes_and_resyncs(autojump_clock: trio.test
     # A stopped provider's book is no longer served as live.
     assert not served.synced
     assert served.top(5) == ((), ())
+
+
+async def test_bybit_lost_resync_snapshot_is_asked_for_again(
+    autojump_clock: trio.testing.MockClock,
+):
+    venue = FakeBybit()
+    bus = Bus()
+    bus.add_sink("collect", 100_000)
+    name = "bybit-books-lost-snapshot"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(serve_websocket, venue.handler, "127.0.0.1", 0, None)
+            )
+            url = f"ws://127.0.0.1:{server.port}/v5/public/spot"
+            config = ProviderConfig(name=name, kind="bybit", url=url, book_depth=50)
+            provider = BybitProvider(config, (SYMBOL,), ("book",), ProviderHealth(name))
+            await nursery.start(provider.run, FeedGate(bus, name, active=True))
+            await until(lambda: synced_matches(provider, venue), 0.003)
+            venue.drop_snapshots = 1  # the resubscribe after the gap brings no snapshot
+            venue.skip = 1
+            await until(lambda: venue.snapshots >= 2)  # asked again after the timeout
+            await until(lambda: synced_matches(provider, venue), 0.003)
+            nursery.cancel_scope.cancel()
+    subscribes = [args for op, args in venue.ops if op == "subscribe"]
+    assert len(subscribes) == 3  # initial, resync (snapshot lost), resync again
