@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import apsw
 import httpx
 import orjson
 import trio
@@ -86,7 +87,10 @@ async def test_binance_gap_resyncs_and_book_matches_simulator(tmp_path: Path) ->
                         "channels": ["trade", "book"],
                     }
                 ],
-                "sinks": {"jsonl": {"path": "events.jsonl"}},
+                "sinks": {
+                    "jsonl": {"path": "events.jsonl"},
+                    "sqlite": {"path": "mdd.sqlite", "book_interval": 0.1},
+                },
             }
             config = load_config(None, base=doc, env={})
             daemon = Daemon(config, install_signal_handlers=False)
@@ -157,5 +161,16 @@ async def test_binance_gap_resyncs_and_book_matches_simulator(tmp_path: Path) ->
     assert gap_statuses[0]["provider"] == PROVIDER
     assert "gap" in gap_statuses[0]["detail"]
     books = [e for e in events if e["type"] == "book"]
+    # The SQLite sink keeps the (throttled) top-N snapshots in `books`.
+    conn = apsw.Connection(str(tmp_path / "mdd.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = conn.execute(
+            "SELECT provider, symbol, is_snapshot, bids, last_update_id FROM books"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows
+    assert {(r[0], r[1], r[2]) for r in rows} == {(PROVIDER, SYMBOL, 1)}
+    assert all(0 < len(orjson.loads(r[3])) <= DEPTH and r[4] is not None for r in rows)
     assert books
     assert all(b["is_snapshot"] and len(b["bids"]) <= DEPTH for b in books)
