@@ -175,3 +175,54 @@ async def test_sharded_daemons_cover_every_symbol_once(
         assert publishers == {f"node{shard_of(symbol, 2)}"}, (symbol, publishers)
     # Both nodes got work: the hash spreads these symbols over the two shards.
     assert {p for ps in seen.values() for p in ps} == {"node0", "node1"}
+
+
+async def test_two_pull_workers_share_one_durable_on_the_r3_stream(cluster: NatsCluster) -> None:
+    """The README's pull-consumer recipe: workers fetching from one durable split the
+    stream, and copies deduplicated by Nats-Msg-Id are never delivered."""
+    from cluster_helpers import create_stream
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from trio_asyncio import aio_as_trio
+
+    prefix, stream, total = "pull.md", "PULL_QUICK", 300
+    with trio.fail_after(60):
+        async with js_client(cluster.url) as nc:
+            await wait_jetstream_cluster(nc)
+            await create_stream(nc, stream, prefix)
+            js = nc.jetstream(timeout=5.0)
+            for copy in (1, 2):  # two "daemons" publish the same trades
+                for i in range(total):
+                    ack = await aio_as_trio(js.publish)(
+                        f"{prefix}.trade.SYM{i % 5}",
+                        f'{{"trade_id": "t{i}"}}'.encode(),
+                        headers={"Nats-Msg-Id": f"sim:SYM{i % 5}:t{i}"},
+                    )
+                    assert bool(ack.duplicate) == (copy == 2)
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+            workers = [
+                await aio_as_trio(js.pull_subscribe)(
+                    f"{prefix}.trade.>", durable="pull-workers", stream=stream, config=config
+                )
+                for _ in range(2)
+            ]
+            got: list[list[str]] = [[], []]
+
+            async def work(n: int) -> None:
+                import nats.errors
+
+                while sum(map(len, got)) < total:
+                    try:
+                        msgs = await aio_as_trio(workers[n].fetch)(batch=25, timeout=0.5)
+                    except nats.errors.TimeoutError:
+                        continue
+                    for msg in msgs:
+                        got[n].append(msg.data.decode())
+                        await aio_as_trio(msg.ack)()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work, 0)
+                nursery.start_soon(work, 1)
+    assert got[0], "both workers get part of the stream"
+    assert got[1], "both workers get part of the stream"
+    assert not set(got[0]) & set(got[1]), "no message goes to both"
+    assert len(got[0]) + len(got[1]) == total, "each stored trade once; copies never delivered"
