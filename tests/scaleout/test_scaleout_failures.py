@@ -116,7 +116,7 @@ async def test_daemon_and_nats_node_killed_nothing_lost(
                         s for s in cluster.servers if f"-n{leader[-1]}" in " ".join(s.extra_args)
                     )
                     await trio.to_thread.run_sync(victim.kill)
-                    stall = await grows(nc, 100, 20, "after the node kill\n" + logs[1].read_text())
+                    stall = await grows(nc, 100, 30, "after the node kill\n" + logs[1].read_text())
                     new_leader = (await stream_info(nc, STREAM)).cluster.leader
                     assert new_leader
                     assert new_leader != leader
