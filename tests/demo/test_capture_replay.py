@@ -193,3 +193,37 @@ async def test_replay_events_to_nats(tmp_path: Path, nats_server: NatsServer) ->
         await trio_asyncio.aio_as_trio(nc.close)()
     assert n == 300
     assert got[0] == dumps(TradeEvent("binance", "BTCUSDT", 1000, 2000, 100.0, 1.5, "buy", "0"))
+
+
+async def test_record_captures_a_running_daemon(tmp_path: Path) -> None:
+    from mdd.capture import install_capture
+    from mdd.config import load_config
+    from mdd.daemon import Daemon
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            sim = await nursery.start(partial(serve_sim, "binance", SimOptions(rate=100)))
+            cfg = load_config(
+                None,
+                env={},
+                base={
+                    "daemon": {"state_dir": str(tmp_path), "watchdog": False},
+                    "http": {"enabled": False},
+                    "providers": {"binance": {"kind": "binance", "url": sim.url}},
+                    "feeds": [{"name": "f", "symbols": ["BTCUSDT"], "providers": ["binance"]}],
+                    "sinks": {"metrics": {"enabled": False}},
+                },
+            )
+            daemon = Daemon(cfg, install_signal_handlers=False)
+            writer = CaptureWriter(tmp_path / "cap", flush_interval=0.05)
+            install_capture(daemon, writer)
+            assert WsProvider.frame_tap == writer.tap
+            await nursery.start(daemon.run)
+            await _until(lambda: writer.frames >= 50)
+            daemon.request_stop("test")
+            await _until(lambda: WsProvider.frame_tap is None)
+            nursery.cancel_scope.cancel()
+    frames = [f for path in writer.files for f in read_capture(path)]
+    assert len(frames) == writer.frames >= 50
+    assert all(f.provider == "binance" and "/stream?streams=" in f.conn for f in frames)
+    assert [f.ts for f in frames] == sorted(f.ts for f in frames)
