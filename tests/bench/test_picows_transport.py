@@ -187,3 +187,26 @@ async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
                 await conn.aclose()
             nursery.cancel_scope.cancel()
     assert ids == list(range(1, n + 1))
+
+
+async def test_bybit_over_picows_sends_its_json_pings() -> None:
+    from mdd.providers.bybit import BybitProvider
+
+    rig = _Rig()
+    opts = SimOptions(rate=50)
+    opts.faults.idle_timeout = 0.5  # the sim cuts a client that sent no ping for 0.5 s
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_sim, "bybit", opts))
+            nursery.start_soon(rig.collect)
+            cfg = ProviderConfig(
+                name="bybit", kind="bybit", url=server.url, transport="picows", ping_interval=0.1
+            )
+            provider = BybitProvider(cfg, ("BTCUSDT",), ("trade", "quote"), rig.health)
+            await nursery.start(provider.run, rig.gate)
+            start = trio.current_time()
+            await _until(lambda: trio.current_time() - start > 1.5)  # three idle windows
+            assert rig.health.reconnects == 0
+            assert rig.health.subscribed
+            nursery.cancel_scope.cancel()
+    assert len(rig.trades()) > 10
