@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import orjson
 import pytest
-from conftest import DATA
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +14,8 @@ from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers._parse import Control, rfc3339_ns
 from mdd.providers.alpaca import is_crypto_url, parse, venue_symbol
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 FRAMES = {
     (row := orjson.loads(line))["id"]: row["raw"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
-from conftest import DATA
 
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers._parse import Control
 from mdd.providers.binance import MICROSECONDS, parse, stream_names
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 FRAMES = {
     (row := orjson.loads(line))["id"]: row["raw"]

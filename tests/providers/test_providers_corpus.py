@@ -28,15 +28,17 @@ adjustment below:
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import FIXTURES
 
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers import alpaca, binance, bybit
 from mdd.providers._parse import Control
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 
 pytestmark = pytest.mark.skipif(
     not (FIXTURES / "binance.jsonl").exists(), reason="../shared/fixtures not present"
