@@ -40,8 +40,10 @@ Transport = Literal["trio-websocket", "picows"]
 
 #: Provider kinds mdd knows, and the keys each accepts besides the common ones.
 PROVIDER_KINDS: Final[dict[str, frozenset[str]]] = {
-    "binance": frozenset({"rest_url", "max_streams_per_connection", "depth_interval_ms"}),
-    "bybit": frozenset({"ping_interval", "book_depth"}),
+    "binance": frozenset(
+        {"rest_url", "max_streams_per_connection", "depth_interval_ms", "book_levels", "book_rate"}
+    ),
+    "bybit": frozenset({"ping_interval", "book_depth", "book_levels", "book_rate"}),
     "alpaca": frozenset({"key", "secret", "dry_run"}),
     "sim": frozenset({"rate", "seed"}),
 }
@@ -126,6 +128,9 @@ class ProviderConfig:
     rest_url: str = DEFAULT_BINANCE_REST
     max_streams_per_connection: int = attrs.field(default=1024, validator=_positive)
     depth_interval_ms: int = 100
+    # binance and bybit local books: levels per published snapshot, snapshots/s per symbol
+    book_levels: int = attrs.field(default=20, validator=_positive)
+    book_rate: float = attrs.field(default=10.0, validator=_positive)
     # bybit
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
     book_depth: int = 50

@@ -244,7 +244,12 @@ class BinanceProvider(WsProvider):
         self.books: BookKeeper | None = None
         self.snapshots: DepthSnapshotFetcher | None = None
         if "book" in self.channels:
-            self.books = BookKeeper(self.name, "binance")
+            self.books = BookKeeper(
+                self.name,
+                "binance",
+                depth=self.config.book_levels,
+                max_rate=self.config.book_rate,
+            )
             self.snapshots = DepthSnapshotFetcher(self.books, self.config.rest_url)
 
     async def run(

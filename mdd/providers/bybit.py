@@ -246,7 +246,12 @@ class BybitProvider(WsProvider):
         self.keepalive_interval = self.config.ping_interval
         self.books: BookKeeper | None = None
         if "book" in self.channels and self.config.book_depth != 1:
-            self.books = BookKeeper(self.name, "bybit")
+            self.books = BookKeeper(
+                self.name,
+                "bybit",
+                depth=self.config.book_levels,
+                max_rate=self.config.book_rate,
+            )
         self._resubscribes = 0
         self._resyncing: dict[str, float] = {}  # symbol -> trio time of the last resubscribe
 

@@ -282,3 +282,11 @@ def test_symbols_are_validated(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load(tmp_path, text)
         assert info.value.key == key
+
+
+def test_book_keys_reach_the_provider(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[providers.binance]\nbook_levels = 5\nbook_rate = 2.5\n")
+    assert cfg.providers["binance"].book_levels == 5
+    assert cfg.providers["binance"].book_rate == 2.5
+    with pytest.raises(ConfigError, match="book_levels: got 0, must be > 0"):
+        load(tmp_path, "[providers.bybit]\nbook_levels = 0\n")
