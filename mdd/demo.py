@@ -65,6 +65,9 @@ class DemoOptions:
         faults: run the storyline (Binance silent -> Bybit -> back).
         fault_at: seconds after start when Binance goes silent.
         silence: how long Binance stays silent.
+        stale_after: failover timing: no data for this long is unhealthy.
+        failover_after: unhealthy this long -> switch to the backup.
+        recover_after: primary healthy this long -> switch back.
         tty: draw a refreshing screen (else one plain line per second).
         out: where the view goes.
     """
@@ -75,6 +78,9 @@ class DemoOptions:
     faults: bool = True
     fault_at: float = 20.0
     silence: float = SILENCE
+    stale_after: float = STALE_AFTER
+    failover_after: float = FAILOVER_AFTER
+    recover_after: float = RECOVER_AFTER
     tty: bool = False
     out: TextIO = sys.stdout
 
@@ -104,9 +110,14 @@ def free_port() -> int:
 
 
 def demo_config(
-    data_dir: Path, binance_url: str, bybit_url: str, nats_url: str, http_port: int
+    data_dir: Path,
+    binance_url: str,
+    bybit_url: str,
+    nats_url: str,
+    http_port: int,
+    timings: tuple[float, float, float] = (STALE_AFTER, FAILOVER_AFTER, RECOVER_AFTER),
 ) -> Config:
-    """The daemon config the demo builds in code."""
+    """The daemon config the demo builds in code (``timings``: stale, failover, recover s)."""
     from .config import load_config
 
     doc: dict[str, Any] = {
@@ -119,9 +130,9 @@ def demo_config(
         },
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
         "failover": {
-            "stale_after": STALE_AFTER,
-            "failover_after": FAILOVER_AFTER,
-            "recover_after": RECOVER_AFTER,
+            "stale_after": timings[0],
+            "failover_after": timings[1],
+            "recover_after": timings[2],
             "check_interval": 0.5,
         },
         "providers": {
@@ -291,7 +302,7 @@ async def _storyline(view: DemoView, binance: Any, opts: DemoOptions) -> None:
     view.say(f"Binance goes silent for {opts.silence:g}s (simulated outage)")
     binance.go_silent(opts.silence)
     await trio.sleep(opts.silence)
-    view.say(f"Binance is back; mdd switches back after {RECOVER_AFTER:g}s of health")
+    view.say(f"Binance is back; mdd switches back after {opts.recover_after:g}s of health")
 
 
 async def _run_until_done(
@@ -329,7 +340,14 @@ async def run_demo(opts: DemoOptions, *, handle_signals: bool = True) -> DemoRes
             binance = await root.start(partial(serve_sim, "binance", sim_opts(seed=1)))
             bybit = await root.start(partial(serve_sim, "bybit", sim_opts(seed=2)))
             http_port, consumer_port = free_port(), free_port()
-            cfg = demo_config(data_dir, binance.url, bybit.url, nats.url, http_port)
+            cfg = demo_config(
+                data_dir,
+                binance.url,
+                bybit.url,
+                nats.url,
+                http_port,
+                (opts.stale_after, opts.failover_after, opts.recover_after),
+            )
             daemon = Daemon(cfg, install_signal_handlers=False)
             for hook in DAEMON_HOOKS:
                 hook(daemon)

@@ -23,10 +23,13 @@ async def test_demo_runs_the_storyline_and_leaves_data_everywhere(tmp_path: Path
     out = io.StringIO()
     opts = DemoOptions(
         data_dir=tmp_path / "demo-data",
-        duration=24.0,
+        duration=12.0,
         rate=20.0,
         fault_at=2.0,
-        silence=8.0,
+        silence=4.0,
+        stale_after=1.0,
+        failover_after=0.5,
+        recover_after=2.0,
         out=out,
     )
     with trio.fail_after(60):
