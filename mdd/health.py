@@ -79,6 +79,8 @@ class ProviderHealth:
         self.active = False
         #: The provider has a task (False for an on-demand backup not started yet).
         self.running = True
+        #: Deliberately not connected (Alpaca without credentials): heartbeats only.
+        self.dry_run = False
         #: Exchange latency (``ts_recv - ts_exchange``), seconds: last sample and moving average.
         self.latency: float | None = None
         self.latency_avg: float | None = None
@@ -165,6 +167,8 @@ class ProviderHealth:
         now = trio.current_time() if now is None else now
         if not self.running:
             return "down", "not running (idle backup)"
+        if self.dry_run:
+            return "up", self.last_error or "dry run: heartbeats only"
         if not self.connected:
             return "down", self.last_error or "not connected"
         age = self._data_age(now)
@@ -192,6 +196,7 @@ class ProviderHealth:
             "state": state,
             "reason": reason,
             "active": self.active,
+            "dry_run": self.dry_run,
             "running": self.running,
             "connected": self.connected,
             "subscribed": self.subscribed,

@@ -314,12 +314,13 @@ class AlpacaProvider(WsProvider):
         health = self.health
         health.connected = False
         health.subscribed = False
+        health.dry_run = True
         health.last_error = f"dry_run: {reason}; heartbeats only, no connection"
         LOGGER.warning("alpaca.dry_run provider=%s reason=%r", self.name, reason)
         symbols = [normalize_symbol(s) for s in self.symbols]
         ts = now_ns()
         for symbol in symbols:
-            outlet.publish(StatusEvent(self.name, symbol, None, ts, "down", health.last_error))
+            outlet.publish(StatusEvent(self.name, symbol, None, ts, "up", health.last_error))
         started = False
         while True:
             ts = now_ns()

@@ -52,7 +52,9 @@ async def test_dry_run_emits_heartbeats_and_opens_no_connection(
     assert rig.health.last_error.startswith("dry_run:")
     assert reason in rig.health.last_error
     assert not rig.health.connected
-    assert rig.statuses() == ["down", "down"]
+    assert rig.health.dry_run
+    assert rig.health.state(stale_after=10.0) == ("up", rig.health.last_error)
+    assert rig.statuses() == ["up", "up"]
     assert "alpaca.dry_run" in caplog.text
     assert SECRET not in caplog.text
     assert KEY not in caplog.text
