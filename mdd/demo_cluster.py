@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -46,8 +47,9 @@ SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 PREFIX: Final = "demo.md"
 STREAM: Final = "MD_DEMO_CLUSTER"
 DURABLE: Final = "demo-cluster"
-#: Seconds the stream gets to settle after the venue stops.
+#: Seconds the stream gets to settle after the venue stops (after Ctrl-C: less).
 SETTLE: Final = 20.0
+INTERRUPTED_SETTLE: Final = 5.0
 
 
 @attrs.define
@@ -230,8 +232,22 @@ async def _run_part(
         finished.set()
 
 
-async def run_cluster_demo(opts: ClusterDemoOptions) -> ClusterDemoResult:
-    """Run the whole scale-out demo and return what it showed."""
+async def _watch_signals(stop: trio.Event) -> None:
+    """Ctrl-C or SIGTERM: end the storyline early and stop everything gracefully."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def run_cluster_demo(
+    opts: ClusterDemoOptions, *, handle_signals: bool = False
+) -> ClusterDemoResult:
+    """Run the whole scale-out demo and return what it showed.
+
+    With ``handle_signals`` (the command line), Ctrl-C or SIGTERM ends the run
+    early but still gracefully, with the summary.
+    """
     import trio_asyncio
 
     from .config import load_config
@@ -258,6 +274,9 @@ async def run_cluster_demo(opts: ClusterDemoOptions) -> ClusterDemoResult:
             _stats_client(cluster.url) as stats,
             trio.open_nursery() as nursery,
         ):
+            stop = trio.Event()
+            if handle_signals:
+                nursery.start_soon(_watch_signals, stop)
             await stats.ensure_stream()
             say(f"NATS cluster up: {cluster.url} (stream {STREAM}, R3)")
             sim: SimServer = await nursery.start(
@@ -291,7 +310,9 @@ async def run_cluster_demo(opts: ClusterDemoOptions) -> ClusterDemoResult:
                 await nursery.start(_run_part, consumer.run, [], done)
                 consumers.append(consumer)
             say(f"two consumers up, sharing the JetStream durable {DURABLE!r} (queue group)")
-            await _storyline(opts, cluster, sim, daemons, scopes, consumers, stats, result, say)
+            await _storyline(
+                opts, cluster, sim, daemons, scopes, consumers, stats, result, say, stop
+            )
             for daemon in daemons:
                 daemon.request_stop("demo done")
             for consumer in consumers:
@@ -301,7 +322,9 @@ async def run_cluster_demo(opts: ClusterDemoOptions) -> ClusterDemoResult:
                     await finished.wait()
             nursery.cancel_scope.cancel("demo done")
     finally:
-        await trio.to_thread.run_sync(cluster.close)
+        # Synchronous on purpose: runs even when Ctrl-C interrupts the run, so no
+        # nats-server process outlives the demo.
+        cluster.close()
     return result
 
 
@@ -315,12 +338,14 @@ async def _storyline(
     stats: _Stats,
     result: ClusterDemoResult,
     say: Any,
+    stop: trio.Event,
 ) -> None:
     started = trio.current_time()
     kill_daemon_at = opts.duration * 0.30
     kill_node_at = opts.duration * 0.55
     stop_venue_at = opts.duration * 0.85
     daemon_killed = node_killed = venue_stopped = False
+    settle_until: float | None = None
     alive_nodes = 3
 
     def sinks_duplicates() -> int:
@@ -331,13 +356,19 @@ async def _storyline(
         return total
 
     while True:
-        await trio.sleep(1.0)
+        with trio.move_on_after(1.0):
+            await stop.wait()
         t = trio.current_time() - started
-        if opts.faults and not daemon_killed and t >= kill_daemon_at:
+        if stop.is_set() and settle_until is None:
+            say(f"t={t:4.0f}s  interrupted: the venue stops, then everything stops gracefully")
+            settle_until = t + INTERRUPTED_SETTLE
+            stop_venue_at = t
+        faults = opts.faults and not stop.is_set()
+        if faults and not daemon_killed and t >= kill_daemon_at:
             scopes[0].cancel()  # a crash: no drain, no goodbye
             daemon_killed = True
             say(f"t={t:4.0f}s  ** daemon mdd-1 killed: mdd-2's copies keep the stream whole")
-        if opts.faults and not node_killed and t >= kill_node_at:
+        if faults and not node_killed and t >= kill_node_at:
             leader = await stats.leader()
             seed = cluster.servers[0]
             victim = next((s for s in cluster.servers if leader and leader in s.extra_args), None)
@@ -366,7 +397,9 @@ async def _storyline(
             f"consumers={consumers[0].consumed['trade']}/{consumers[1].consumed['trade']}  "
             f"daemons={daemons_up}/2  nats={alive_nodes}/3"
         )
-        if venue_stopped and (stored == sent or t >= opts.duration + SETTLE):
+        if settle_until is None and venue_stopped:
+            settle_until = t + SETTLE
+        if venue_stopped and (stored == sent or (settle_until is not None and t >= settle_until)):
             break
     trades = await stats.trades()
     sent_set = set(sim.sent_trades)
@@ -409,7 +442,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     t0 = time.monotonic()
     try:
-        result = trio.run(run_cluster_demo, opts)
+        result = trio.run(partial(run_cluster_demo, opts, handle_signals=True))
     except KeyboardInterrupt:
         print("mdd demo --cluster: interrupted", file=sys.stderr)
         return 1
