@@ -163,10 +163,15 @@ class _Listener(picows.WSListener):
     def __init__(self, conn: _PicowsConnection) -> None:
         super().__init__()
         self.conn = conn
+        self._append = conn.queue.append
         self._on_frame = conn.on_frame
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        self._on_frame(transport, frame)
+        # Fast path inline: a whole text frame that is not the last of its read.
+        if frame.msg_type is _TEXT and frame.fin and not frame.last_in_buffer:
+            self._append(frame.get_payload_as_utf8_text())
+        else:
+            self._on_frame(transport, frame)
 
     def on_ws_disconnected(self, transport: Any) -> None:
         self.conn.on_disconnected()
