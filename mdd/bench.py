@@ -696,8 +696,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--events-per-frame", type=int, default=1, help="trades per frame (bybit)")
     p.add_argument(
         "--transport",
-        default="trio-websocket",
-        help="trio-websocket | picows | both (default trio-websocket)",
+        default="both",
+        help="trio-websocket | picows | both (default both, one after the other)",
     )
     p.add_argument(
         "--policy",
