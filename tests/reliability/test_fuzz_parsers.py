@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,17 @@ def test_numbers_at_the_edges() -> None:
             price = getattr(event, "price", None)
             if price is not None:
                 assert math.isfinite(price), (bad, event)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("venue", VENUES)
+def test_atheris_short_run(venue: str) -> None:
+    """Coverage-guided fuzzing (libFuzzer via atheris), when atheris is installed."""
+    pytest.importorskip("atheris")
+    script = Path(__file__).with_name("fuzz_parsers_atheris.py")
+    result = subprocess.run(
+        [sys.executable, str(script), venue, "-runs=20000", "-seed=1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done 20000 runs" in result.stderr
