@@ -222,11 +222,11 @@ async def stream_trades(url: str, stream: str, subject: str) -> list[tuple[str, 
             info = await aio_as_trio(sub.consumer_info)()
             pending = int(info.num_pending)
             while pending > 0:
-                msgs = await aio_as_trio(sub.fetch)(batch=min(pending, 1000), timeout=5.0)
+                msgs = await aio_as_trio(sub.fetch)(batch=min(pending, 5000), timeout=5.0)
                 for msg in msgs:
                     row = orjson.loads(msg.data)
                     out.append((str(row["symbol"]), str(row["trade_id"])))
-                    pending = int(msg.metadata.num_pending)
+                pending = int(msgs[-1].metadata.num_pending) if msgs else 0
             await aio_as_trio(sub.unsubscribe)()
         finally:
             with trio.CancelScope(shield=True):
