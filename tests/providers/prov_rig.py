@@ -44,6 +44,10 @@ class Rig:
 
 
 def config(kind: str, url: str, **kwargs: Any) -> ProviderConfig:
+    # These tests pin the trio-websocket transport (their error texts are its own);
+    # the default transport, picows, is tested in tests/bench/test_picows_transport.py
+    # and by every daemon-level test (failover, books, reliability, demo).
+    kwargs.setdefault("transport", "trio-websocket")
     return ProviderConfig(name=kind, kind=kind, url=url, **kwargs)
 
 

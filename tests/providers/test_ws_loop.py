@@ -218,7 +218,10 @@ async def test_bad_url_is_a_connect_failure() -> None:
 
 
 def test_unknown_transport_is_refused() -> None:
-    assert isinstance(make_transport(None), TrioWebsocketTransport)
+    from mdd.providers._picows import PicowsTransport
+
+    assert isinstance(make_transport(None), PicowsTransport)  # the default (mdd bench)
+    assert isinstance(make_transport("picows"), PicowsTransport)
     assert isinstance(make_transport("trio-websocket"), TrioWebsocketTransport)
     with pytest.raises(ProviderError, match="carrier-pigeon"):
         make_transport("carrier-pigeon")
