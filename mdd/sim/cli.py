@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from ..errors import MddError
 from ..logs import setup_logging
 from . import VENUES, Faults, SimOptions, serve_sims
 
@@ -48,6 +49,21 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--alpaca-key", default="key", help="key the alpaca sim accepts")
     p.add_argument("--alpaca-secret", default="secret", help="secret the alpaca sim accepts")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    r = p.add_argument_group("replay (instead of generated data)")
+    r.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="serve raw capture files (mdd record) byte for byte",
+    )
+    r.add_argument("--speed", default="1", help="replay pace: 1 (as captured), 10, or max")
+    r.add_argument(
+        "--replay-provider",
+        default=None,
+        metavar="NAME",
+        help="whose frames to serve (default: the first provider in the file)",
+    )
     f = p.add_argument_group("faults")
     f.add_argument("--drop-after", type=int, default=None, metavar="N")
     f.add_argument("--garbage-every", type=int, default=None, metavar="N")
@@ -107,6 +123,33 @@ def describe(server: SimServer) -> str:
     return f"{server.venue:8} {server.url} {hint}".rstrip()
 
 
+async def replay(args: argparse.Namespace, speed: float) -> None:
+    """Serve a raw capture (``--replay``) until SIGINT/SIGTERM."""
+    from .replay import serve_replay
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(
+                    serve_replay,
+                    args.replay,
+                    provider=args.replay_provider,
+                    speed=speed,
+                    host=args.host,
+                    port=args.port,
+                )
+            )
+            print(
+                f"replay   {server.url} ({len(server.frames)} {server.provider} frames,"
+                f" speed {args.speed})",
+                flush=True,
+            )
+            async for signum in signals:
+                LOGGER.info("sim.stopping signal=%s", signum)
+                nursery.cancel_scope.cancel("signal")
+                break
+
+
 async def run(args: argparse.Namespace) -> None:
     """Serve until SIGINT/SIGTERM."""
     venues = list(VENUES) if args.venue == "all" else [args.venue]
@@ -139,7 +182,20 @@ async def _silence(servers: list[SimServer], args: argparse.Namespace) -> None:
 def _cmd_sim(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "text")
     try:
-        trio.run(run, args)
+        if args.replay:
+            from .replay import parse_speed
+
+            try:
+                speed = parse_speed(args.speed)
+            except ValueError as exc:
+                print(f"mdd sim: --speed: {exc}", file=sys.stderr)
+                return 2
+            trio.run(replay, args, speed)
+        else:
+            trio.run(run, args)
+    except MddError as exc:
+        print(f"mdd sim: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"mdd sim: {exc}", file=sys.stderr)
         return 1

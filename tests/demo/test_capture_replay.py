@@ -227,3 +227,54 @@ async def test_record_captures_a_running_daemon(tmp_path: Path) -> None:
     assert len(frames) == writer.frames >= 50
     assert all(f.provider == "binance" and "/stream?streams=" in f.conn for f in frames)
     assert [f.ts for f in frames] == sorted(f.ts for f in frames)
+
+
+def test_mdd_sim_replay_command_serves_a_capture(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mdd.providers._ws import TrioWebsocketTransport
+
+    writer = CaptureWriter(tmp_path)
+    t = 1_700_000_000_000_000_000
+    for i in range(3):
+        writer.tap("binance", "ws://x", t + i, f'{{"result":null,"id":{i}}}')
+    writer.close()
+
+    async def fetch(url: str) -> list[str | bytes]:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as conn_nursery:
+                conn = await TrioWebsocketTransport().connect(conn_nursery, url + "/stream")
+                got = [await conn.get_message() for _ in range(3)]
+                await conn.aclose()
+        return got
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mdd", "sim", "--replay", *map(str, writer.files), "--speed",
+         "max", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("replay   ws://127.0.0.1:"), line
+        assert "3 binance frames" in line
+        got = trio.run(fetch, line.split()[1])
+        assert got == [f'{{"result":null,"id":{i}}}' for i in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert proc.returncode == 0
+
+
+def test_mdd_sim_replay_bad_speed_is_a_usage_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mdd", "sim", "--replay", "x.gz", "--speed", "-1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--speed" in result.stderr
