@@ -319,7 +319,11 @@ class Bus:
     @property
     def congested(self) -> bool:
         """True while some blocking lane has parked events: call :meth:`wait_for_room`."""
-        return any(lane.congested for lane in self._blocking)
+        # Asked once per frame by every producer: a plain loop, no generator.
+        for lane in self._blocking:
+            if len(lane._queue) > lane.capacity:
+                return True
+        return False
 
     async def wait_for_room(self) -> None:
         """Backpressure point for producers: returns once no blocking lane is parked."""
