@@ -371,7 +371,15 @@ def build_attrs(
             raise origins.error(
                 dotted, f"unknown key; allowed keys here: {', '.join(sorted(names))}"
             )
-        kwargs[key] = _coerce(hints[key], value, dotted, origins)
+        try:
+            kwargs[key] = _coerce(hints[key], value, dotted, origins)
+        except ConfigError:
+            if key not in fields or fields[key].repr:
+                raise
+            # A secret (repr=False): say what is wrong without echoing the value.
+            raise origins.error(
+                dotted, f"got a {type(value).__name__} (value hidden), expected a string"
+            ) from None
     missing = [
         name
         for name, field in fields.items()

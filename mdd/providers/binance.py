@@ -103,10 +103,13 @@ def _dispatch(msg: Any, ts_recv: int, provider: str, stream: str | None, unit: i
         case {"e": "aggTrade"}:
             return [_trade(msg, ts_recv, provider, "a", unit)]
         case {"e": "depthUpdate"}:
+            symbol = msg["s"]
+            if type(symbol) is not str or not symbol:
+                raise TypeError(f"bad symbol {symbol!r}")
             return [
                 BookEvent(
                     provider,
-                    msg["s"],
+                    symbol,
                     _time(msg, "E", unit),
                     ts_recv,
                     levels(msg["b"]),

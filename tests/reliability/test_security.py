@@ -147,11 +147,6 @@ async def test_no_secrets_anywhere_socket_0600_http_on_loopback(tmp_path: Path) 
         pytest.param(
             {"providers": {"alpaca": {"key": [KEY], "secret": SECRET}}},
             id="wrongly-typed-key",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known leak: mdd.config echoes the bad value "
-                "('got ['PK...'], expected a string') for key/secret too",
-            ),
         ),
         pytest.param({"providers": {"alpaca": {"kee": KEY, "secret": SECRET}}}, id="misspelled"),
         pytest.param({"providers": {"alpaca": {"key": KEY, "secret": 5}}}, id="other-key-bad"),
