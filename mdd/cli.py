@@ -30,12 +30,14 @@ EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 
 #: Modules adding subcommands (each has ``add_parser(subparsers)``).
-COMMANDS: list[str] = []
-COMMANDS.append("mdd.bench")  # mdd bench
-COMMANDS.append("mdd.demo")  # mdd demo
-COMMANDS.append("mdd.capture")  # mdd record
-COMMANDS.append("mdd.replay")  # mdd replay
-COMMANDS.append("mdd.sim.cli")  # mdd sim
+COMMANDS: list[str] = [
+    "mdd.sim.cli",  # mdd sim
+    "mdd.demo",  # mdd demo
+    "mdd.bench",  # mdd bench
+    "mdd.capture",  # mdd record
+    "mdd.replay",  # mdd replay
+    "mdd.chaos",  # mdd chaos (make soak)
+]
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
