@@ -407,6 +407,8 @@ def _build_provider(name: str, data: Any, origins: ConfigOrigins) -> ProviderCon
     if not isinstance(data, dict):
         raise origins.error(key, f"got {data!r}, expected a table")
     kind = data.get("kind", name)
+    if not isinstance(kind, str):
+        raise origins.error(f"{key}.kind", f"got {kind!r}, expected a string")
     if kind not in PROVIDER_KINDS:
         raise origins.error(
             f"{key}.kind" if "kind" in data else key,

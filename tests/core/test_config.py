@@ -290,3 +290,11 @@ def test_book_keys_reach_the_provider(tmp_path: Path) -> None:
     assert cfg.providers["binance"].book_rate == 2.5
     with pytest.raises(ConfigError, match="book_levels: got 0, must be > 0"):
         load(tmp_path, "[providers.bybit]\nbook_levels = 0\n")
+
+
+@pytest.mark.parametrize("kind", ["[]", "3", "{a=1}"])
+def test_provider_kind_must_be_a_string(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"[providers.bybit]\nkind = {kind}\n")
+    assert info.value.key == "providers.bybit.kind"
+    assert "expected a string" in info.value.problem
