@@ -445,10 +445,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fault-at", type=float, default=20.0, help="Binance goes silent at (20 s)")
     p.add_argument("--no-tty", action="store_true", help="plain lines, no screen refresh")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="scale-out demo instead: 3-node NATS cluster, R3 stream, two active-active "
+        "daemons, two consumers (mdd.demo_cluster)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "cluster", False):
+        from .demo_cluster import run_from_args
+
+        return run_from_args(args)
     from .logs import setup_logging
 
     tty = sys.stdout.isatty() and not args.no_tty
