@@ -31,6 +31,7 @@ from trio_asyncio import aio_as_trio
 
 from ..bus import HEARTBEAT_DROP_AT, QUOTE_BOOK_DROP_AT
 from ..errors import MddError
+from ..sinks.nats import server_list
 
 if TYPE_CHECKING:
     from .config import NatsConfig
@@ -237,7 +238,7 @@ class NatsSubscriber:
         nc = NatsClient()
         try:
             await aio_as_trio(nc.connect)(
-                servers=[self.config.url],
+                servers=server_list(self.config.url),
                 name=self.name,
                 connect_timeout=self.config.connect_timeout,
                 allow_reconnect=True,

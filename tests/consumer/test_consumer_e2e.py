@@ -339,3 +339,22 @@ async def test_stop_drains_inbox_and_publishes(nats_server_session) -> None:
     assert svc.consumed["trade"] == 3
     assert out[0][1]["last_price"] == 12.0
     assert out[0][1]["volume_60s"] == 3.0
+
+
+async def test_connects_through_a_comma_separated_server_list(nats_server_session) -> None:
+    """``[nats] url`` takes a cluster's seed list, as the daemon's sink does."""
+    from mdd.natsserver import free_port
+
+    dead = f"nats://127.0.0.1:{free_port()}"
+    url = f"{dead},{nats_server_session.url}"
+    svc = ConsumerService(consumer_config(url, **{"nats.queue_group": "e2e-seeds"}))
+    now = time.time_ns()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            assert svc.nats.connected
+            async with nats_client(nats_server_session.url) as nc:
+                while svc.consumed["trade"] < 1:
+                    await publish(nc, trades("SEEDUSDT", now, [10.0]))
+                    await trio.sleep(0.05)
+            svc.request_stop()
