@@ -59,17 +59,20 @@ DEFAULT_URLS: Final[dict[str, str]] = {
 DEFAULT_BINANCE_REST: Final = "https://api.binance.com"
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+def positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator: the value must be > 0."""
     if value <= 0:
         raise ValueError("must be > 0")
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+def non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator: the value must be >= 0."""
     if value < 0:
         raise ValueError("must be >= 0")
 
 
-def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+def tcp_port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """attrs validator: a TCP port number (0 lets the OS choose)."""
     if not 0 <= value <= 65535:
         raise ValueError("must be a TCP port, 0..65535")
 
@@ -83,7 +86,7 @@ class DaemonConfig:
     control_socket: str = "mdd.sock"
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
-    shutdown_grace: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_grace: float = attrs.field(default=10.0, validator=positive)
     watchdog: bool = True
 
 
@@ -93,26 +96,26 @@ class HttpConfig:
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8891, validator=_port)
+    port: int = attrs.field(default=8891, validator=tcp_port)
 
 
 @attrs.frozen
 class BusConfig:
     """``[bus]``: per-sink channel capacity and the heartbeat cadence."""
 
-    capacity: int = attrs.field(default=10000, validator=_positive)
-    heartbeat_after: float = attrs.field(default=5.0, validator=_positive)
+    capacity: int = attrs.field(default=10000, validator=positive)
+    heartbeat_after: float = attrs.field(default=5.0, validator=positive)
 
 
 @attrs.frozen
 class FailoverConfig:
     """``[failover]``: health thresholds and switching hysteresis, seconds."""
 
-    stale_after: float = attrs.field(default=10.0, validator=_positive)
-    failover_after: float = attrs.field(default=5.0, validator=_non_negative)
-    recover_after: float = attrs.field(default=30.0, validator=_non_negative)
+    stale_after: float = attrs.field(default=10.0, validator=positive)
+    failover_after: float = attrs.field(default=5.0, validator=non_negative)
+    recover_after: float = attrs.field(default=30.0, validator=non_negative)
     hot_standby: bool = False
-    check_interval: float = attrs.field(default=1.0, validator=_positive)
+    check_interval: float = attrs.field(default=1.0, validator=positive)
 
 
 @attrs.frozen
@@ -126,20 +129,20 @@ class ProviderConfig:
     transport: Transport | None = None
     # binance
     rest_url: str = DEFAULT_BINANCE_REST
-    max_streams_per_connection: int = attrs.field(default=1024, validator=_positive)
+    max_streams_per_connection: int = attrs.field(default=1024, validator=positive)
     depth_interval_ms: int = 100
     # binance and bybit local books: levels per published snapshot, snapshots/s per symbol
-    book_levels: int = attrs.field(default=20, validator=_positive)
-    book_rate: float = attrs.field(default=10.0, validator=_positive)
+    book_levels: int = attrs.field(default=20, validator=positive)
+    book_rate: float = attrs.field(default=10.0, validator=positive)
     # bybit
-    ping_interval: float = attrs.field(default=20.0, validator=_positive)
+    ping_interval: float = attrs.field(default=20.0, validator=positive)
     book_depth: int = 50
     # alpaca (secrets: never in repr, logs or status output)
     key: str | None = attrs.field(default=None, repr=False)
     secret: str | None = attrs.field(default=None, repr=False)
     dry_run: bool = False
     # sim
-    rate: float = attrs.field(default=50.0, validator=_positive)
+    rate: float = attrs.field(default=50.0, validator=positive)
     seed: int | None = None
 
 
@@ -165,11 +168,11 @@ class SqliteSinkConfig:
     enabled: bool = True
     policy: Policy = "tiered"
     capacity: int | None = None
-    batch_size: int = attrs.field(default=1000, validator=_positive)
-    batch_interval: float = attrs.field(default=0.2, validator=_non_negative)
+    batch_size: int = attrs.field(default=1000, validator=positive)
+    batch_interval: float = attrs.field(default=0.2, validator=non_negative)
     retain_days: float | None = None
-    book_levels: int = attrs.field(default=10, validator=_positive)
-    book_interval: float = attrs.field(default=1.0, validator=_non_negative)
+    book_levels: int = attrs.field(default=10, validator=positive)
+    book_interval: float = attrs.field(default=1.0, validator=non_negative)
 
 
 @attrs.frozen
@@ -180,9 +183,9 @@ class JsonlSinkConfig:
     enabled: bool = True
     policy: Policy = "tiered"
     capacity: int | None = None
-    max_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
-    backups: int = attrs.field(default=5, validator=_non_negative)
-    batch_size: int = attrs.field(default=1000, validator=_positive)
+    max_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=positive)
+    backups: int = attrs.field(default=5, validator=non_negative)
+    batch_size: int = attrs.field(default=1000, validator=positive)
 
 
 @attrs.frozen
@@ -196,17 +199,17 @@ class NatsSinkConfig:
     subject_prefix: str = "md.events"
     jetstream: bool = False
     stream: str = "MD_EVENTS"
-    duplicate_window: float = attrs.field(default=120.0, validator=_positive)
+    duplicate_window: float = attrs.field(default=120.0, validator=positive)
     #: Replicas of the stream when the sink creates it (3 on a 3-node cluster).
-    replicas: int = attrs.field(default=1, validator=_positive)
-    batch_size: int = attrs.field(default=500, validator=_positive)
+    replicas: int = attrs.field(default=1, validator=positive)
+    batch_size: int = attrs.field(default=500, validator=positive)
 
 
 @attrs.frozen
 class LogSinkConfig:
     """``[sinks.log]``: one sampled line per ``sample_every`` events."""
 
-    sample_every: int = attrs.field(default=1000, validator=_positive)
+    sample_every: int = attrs.field(default=1000, validator=positive)
     enabled: bool = True
     policy: Policy = "tiered"
     capacity: int | None = None

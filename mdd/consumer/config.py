@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 
 from ..config import ConfigOrigins, build_attrs
+from ..config import non_negative as _non_negative
+from ..config import positive as _positive
+from ..config import tcp_port as _port
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,24 +34,9 @@ LogFormat = Literal["text", "json"]
 DEFAULT_HTTP_PORT: Final = 8892
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError("must be > 0")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError("must be >= 0")
-
-
 def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 1:
         raise ValueError("must be >= 1")
-
-
-def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port, 0..65535")
 
 
 def _prefix(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
