@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import apsw
 import pytest
 
 from mdd.natsserver import NatsServer
@@ -29,3 +31,46 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.close()
+
+
+class FaultVFS(apsw.VFS):
+    """The default SQLite VFS with switches, for storage-fault tests.
+
+    ``full``: every write fails as SQLITE_FULL (disk full). ``readonly``: the
+    main database opens read-only and writes fail as on a file system remounted
+    read-only (EROFS). No mount or permission trick is needed (tests run as root).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.vfs_name = name
+        self.full = False
+        self.readonly = False
+        super().__init__(name, "")
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        if self.readonly and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
+            flags[0] = (
+                flags[0] & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+            ) | apsw.SQLITE_OPEN_READONLY
+        return _FaultFile(self, name, flags)
+
+
+class _FaultFile(apsw.VFSFile):
+    def __init__(self, vfs: FaultVFS, name: Any, flags: list[int]) -> None:
+        self.vfs = vfs
+        super().__init__("", name, flags)
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if self.vfs.full:
+            raise apsw.FullError("injected: no space left on device")
+        if self.vfs.readonly:
+            raise apsw.ReadOnlyError("injected: read-only file system")
+        super().xWrite(data, offset)
+
+
+@pytest.fixture
+def fault_vfs() -> Iterator[FaultVFS]:
+    """A registered :class:`FaultVFS`; open SQLite through ``vfs=fault_vfs.vfs_name``."""
+    vfs = FaultVFS("mdd-test-fault")
+    yield vfs
+    vfs.unregister()

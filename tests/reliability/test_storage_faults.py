@@ -15,9 +15,9 @@ a real second writer holding ``BEGIN IMMEDIATE`` on the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import pytest
@@ -31,42 +31,8 @@ from mdd.metrics import REGISTRY
 from mdd.sinks import SINK_FACTORIES
 from mdd.sinks.sqlite import SqliteSink
 
-
-class FaultVFS(apsw.VFS):
-    """The default VFS with switches: writes fail as SQLITE_FULL, or files open read-only."""
-
-    def __init__(self, name: str) -> None:
-        self.vfs_name = name
-        self.full = False
-        self.readonly = False
-        super().__init__(name, "")
-
-    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
-        if self.readonly and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
-            flags[0] = (
-                flags[0] & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-            ) | apsw.SQLITE_OPEN_READONLY
-        return _FaultFile(self, name, flags)
-
-
-class _FaultFile(apsw.VFSFile):
-    def __init__(self, vfs: FaultVFS, name: Any, flags: list[int]) -> None:
-        self.vfs = vfs
-        super().__init__("", name, flags)
-
-    def xWrite(self, data: bytes, offset: int) -> None:
-        if self.vfs.full:
-            raise apsw.FullError("injected: no space left on device")
-        if self.vfs.readonly:  # as on a file system remounted read-only (EROFS)
-            raise apsw.ReadOnlyError("injected: read-only file system")
-        super().xWrite(data, offset)
-
-
-@pytest.fixture
-def vfs() -> Iterator[FaultVFS]:
-    fault = FaultVFS("mdd-rel-fault")
-    yield fault
-    fault.unregister()
+if TYPE_CHECKING:
+    from conftest import FaultVFS
 
 
 def errors(kind: str) -> float:
@@ -83,7 +49,7 @@ async def until(pred: Callable[[], bool], within: float, what: str) -> None:
 
 async def test_read_only_disk_full_and_locked(
     tmp_path: Path,
-    vfs: FaultVFS,
+    fault_vfs: FaultVFS,
     autojump_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -93,7 +59,7 @@ async def test_read_only_disk_full_and_locked(
     def sqlite_with_fault_vfs(config: Any, section: Any) -> SqliteSink:
         # The real sink and file, opened through the fault VFS, with a short busy
         # timeout (apsw's busy wait is real time, not trio time).
-        return SqliteSink(db, batch_interval=0.2, busy_timeout_ms=20, vfs=vfs.vfs_name)
+        return SqliteSink(db, batch_interval=0.2, busy_timeout_ms=20, vfs=fault_vfs.vfs_name)
 
     monkeypatch.setitem(SINK_FACTORIES, "sqlite", sqlite_with_fault_vfs)
     cfg = load_config(
@@ -166,11 +132,11 @@ async def test_read_only_disk_full_and_locked(
             return start, stop
 
         def set_full(on: bool) -> None:
-            vfs.full = on
+            fault_vfs.full = on
 
         def set_readonly(on: bool) -> None:
             # Writes to the open file fail, and every reopen is read-only, until fixed.
-            vfs.readonly = on
+            fault_vfs.readonly = on
 
         await fault("disk_full", lambda: set_full(True), lambda: set_full(False))
         lock_start, lock_stop = locker()

@@ -22,6 +22,8 @@ from mdd.sinks.sqlite import SqliteSink, SqliteSinkError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from conftest import FaultVFS
+
 T0 = 1_700_000_000_000_000_000
 
 
@@ -60,41 +62,6 @@ def metric(name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
-
-
-class FaultVFS(apsw.VFS):
-    """The default VFS, with switches: writes fail as SQLITE_FULL, or files open read-only."""
-
-    def __init__(self, name: str) -> None:
-        self.vfs_name = name
-        self.full = False
-        self.readonly = False
-        super().__init__(name, "")
-
-    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
-        if self.readonly and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
-            flags[0] = (
-                flags[0] & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-            ) | apsw.SQLITE_OPEN_READONLY
-        return FaultFile(self, name, flags)
-
-
-class FaultFile(apsw.VFSFile):
-    def __init__(self, vfs: FaultVFS, name: Any, flags: list[int]) -> None:
-        self.vfs = vfs
-        super().__init__("", name, flags)
-
-    def xWrite(self, data: bytes, offset: int) -> None:
-        if self.vfs.full:
-            raise apsw.FullError("injected: no space left on device")
-        super().xWrite(data, offset)
-
-
-@pytest.fixture
-def fault_vfs() -> FaultVFS:
-    vfs = FaultVFS("mdd-test-fault")
-    yield vfs  # type: ignore[misc]
-    vfs.unregister()
 
 
 async def test_factory_builds_from_config(tmp_path: Path) -> None:
