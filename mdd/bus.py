@@ -125,7 +125,13 @@ class SinkInbox:
     ``mdd bench``). Sinks read in batches: everything queued, up to a cap.
     """
 
-    def __init__(self, name: str, capacity: int, policy: Policy) -> None:
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        policy: Policy,
+        offered: collections.Counter[str] | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"lane capacity must be >= 1, got {capacity}")
         if policy not in POLICIES:
@@ -146,8 +152,8 @@ class SinkInbox:
         self.peak_queued = 0
         # Offers are the same for every lane, so the bus counts them once; a lane
         # reports the bus's count minus what was offered before it was added.
-        self._bus_offered: collections.Counter[str] = collections.Counter()
-        self._offered_base: collections.Counter[str] = collections.Counter()
+        self._bus_offered = offered if offered is not None else collections.Counter()
+        self._offered_base = collections.Counter(self._bus_offered)
         self.dropped: collections.Counter[str] = collections.Counter()
         self.evicted: collections.Counter[str] = collections.Counter()
 
@@ -285,9 +291,7 @@ class Bus:
             raise RuntimeError("bus is closed")
         if any(lane.name == name for lane in self._lanes):
             raise ValueError(f"a sink named {name!r} is already on the bus")
-        inbox = SinkInbox(name, capacity, policy)
-        inbox._bus_offered = self.offered
-        inbox._offered_base = collections.Counter(self.offered)
+        inbox = SinkInbox(name, capacity, policy, self.offered)
         self._lanes.append(inbox)
         if policy == "block":
             self._blocking.append(inbox)
