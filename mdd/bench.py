@@ -150,6 +150,8 @@ class TimedSink:
         self.batch_interval = inner.batch_interval
         self.latencies = latencies
         self.events = 0
+        self.batches = 0
+        self.closed_ns = 0
 
     async def open(self) -> None:
         await self.inner.open()
@@ -157,12 +159,14 @@ class TimedSink:
     async def write(self, batch: Sequence[Event]) -> None:
         await self.inner.write(batch)
         self.events += len(batch)
+        self.batches += 1
         lat = self.latencies
         if lat is not None:
             lat.add_batch(time.time_ns(), batch)
 
     async def close(self) -> None:
         await self.inner.close()
+        self.closed_ns = time.perf_counter_ns()
 
 
 def percentiles(hist: LatencyHistogram) -> dict[str, float] | None:
@@ -507,10 +511,14 @@ async def _measure(
                             deadline,
                             name="mdd.bench.reader",
                         )
+                    # Close the bus first: the sinks drain while the socket closes
+                    # (a WebSocket close handshake is not pipeline time).
+                    bus.close()
                     await conn.aclose()
                     conn_nursery.cancel_scope.cancel()
-                bus.close()
-            wall1 = time.perf_counter_ns()
+            # The run ends when the last sink has written and closed (or, with
+            # no sinks, when the reader stopped).
+            wall1 = max([run.last_rx_ns, *(t.closed_ns for t in timed)])
             outer.cancel_scope.cancel()
     finally:
         trio.lowlevel.remove_instrument(clock)
@@ -603,6 +611,8 @@ def _report(
             "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         },
         "drops": {lane.sink: lane.total_dropped for lane in stats.lanes},
+        # Mean events per write call: small batches mean per-batch costs dominate.
+        "batch_mean": {t.name: round(t.events / t.batches, 1) for t in timed if t.batches},
         "python": sys.version.split()[0],
     }
 
@@ -653,9 +663,13 @@ def format_report(r: dict[str, Any]) -> str:
         f" (cpu {r['cpu_seconds']} s = {r['events_per_cpu_s']:,} events per cpu-second)",
         "  stage            ms      %   ns/event",
     ]
+    batch_mean = r.get("batch_mean", {})
     for name, st in r["stages"].items():
         nspe = "" if st["ns_per_event"] is None else str(st["ns_per_event"])
-        lines.append(f"  {name:<12} {st['ms']:>9} {st['pct']:>6} {nspe:>9}")
+        line = f"  {name:<12} {st['ms']:>9} {st['pct']:>6} {nspe:>9}"
+        if name in batch_mean:
+            line += f"   ({batch_mean[name]} events/batch)"
+        lines.append(line)
     lines.append(f"  coverage {r['coverage_pct']} % of wall time explained by named stages")
     for name, lat in r["latency_ms"].items():
         if lat:

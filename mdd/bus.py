@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import sys
 from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
@@ -143,13 +144,15 @@ class SinkInbox:
         self._hb_limit = math.ceil(capacity * HEARTBEAT_DROP_AT)
         self._qb_limit = math.ceil(capacity * QUOTE_BOOK_DROP_AT)
         self._tiered = policy == "tiered"
+        # Below this fill an offer is a plain append (the bus inlines it).
+        self._fast_limit = self._hb_limit if self._tiered else sys.maxsize
         self._closed = False
         self._receiver_waiting = False
         self._data_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self.delivered = 0
         self.lost = 0
-        self.peak_queued = 0
+        self._peak = 0
         # Offers are the same for every lane, so the bus counts them once; a lane
         # reports the bus's count minus what was offered before it was added.
         self._bus_offered = offered if offered is not None else collections.Counter()
@@ -167,6 +170,17 @@ class SinkInbox:
         """Events waiting for the sink (for a blocking lane, including any overflow)."""
         return len(self._queue)
 
+    @property
+    def peak_queued(self) -> int:
+        """The most events this lane has held at once."""
+        # The fill only grows between two takes, so the peak is the fill seen
+        # at each take (or now): no per-event bookkeeping on the hot path.
+        return max(self._peak, len(self._queue))
+
+    def _wake(self) -> None:
+        self._receiver_waiting = False
+        self._data_lot.unpark_all()
+
     def offer(self, event: Event, kind: str) -> bool:
         """Hand one event of type ``kind`` to this lane. Returns False if the policy dropped it.
 
@@ -182,11 +196,10 @@ class SinkInbox:
                 self.evicted[queue.popleft().type] += 1
                 n -= 1
         queue.append(event)
-        if n >= self.peak_queued:
-            self.peak_queued = n + 1
+        if n >= self._peak:
+            self._peak = n + 1
         if self._receiver_waiting:
-            self._receiver_waiting = False
-            self._data_lot.unpark_all()
+            self._wake()
         return True
 
     @property
@@ -237,6 +250,8 @@ class SinkInbox:
 
     def _take(self, max_items: int, batch: list[Event]) -> list[Event]:
         queue = self._queue
+        if len(queue) > self._peak:
+            self._peak = len(queue)
         want = max_items - len(batch)
         if len(queue) <= want:
             batch.extend(queue)
@@ -313,7 +328,15 @@ class Bus:
         kind = event.type
         self.offered[kind] += 1
         for lane in self._lanes:
-            lane.offer(event, kind)
+            # SinkInbox.offer's common case, inlined: a lane below its first
+            # drop tier (or a blocking lane) just appends.
+            queue = lane._queue
+            if len(queue) < lane._fast_limit:
+                queue.append(event)
+                if lane._receiver_waiting:
+                    lane._wake()
+            else:
+                lane.offer(event, kind)
 
     def publish_many(self, events: list[Event]) -> None:
         """Offer a list of events (one frame's worth) to every lane."""

@@ -1,25 +1,31 @@
 """The normalized event model every provider emits and every sink consumes.
 
-Events are immutable, slotted attrs classes shared by all sinks without copying.
+Events are immutable msgspec Structs (slotted, not tracked by the garbage
+collector) shared by all sinks without copying. They are msgspec, not attrs,
+for speed on the hot path: building one costs ~0.2 µs against ~1.1 µs for a
+frozen attrs class, and msgspec encodes them to JSON directly (the
+``mdd bench`` figures in the README).
 Timestamps are integer nanoseconds since the epoch; ``ts_exchange`` is None where
 the venue gives no time. Prices and sizes are floats parsed from the wire's
 decimal strings: any decimal with at most 15 significant digits survives the
 float and the JSON round trip unchanged (``repr`` of a float is the shortest
 string that reads back to it).
 
-``event_to_dict`` / ``event_from_dict`` are the only serializer the sinks use;
-``dumps`` / ``loads`` wrap them with orjson.
+``dumps`` / ``dumps_lines`` / ``loads`` are the JSON form every sink and the
+consumer use; ``event_to_dict`` / ``event_from_dict`` the same as plain dicts.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
-import attrs
-import orjson
+import msgspec
 
 from .errors import EventDecodeError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: Symbol used for daemon-wide events (system heartbeats).
 SYSTEM_SYMBOL: Final = "__system__"
@@ -47,8 +53,17 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-@attrs.frozen(slots=True)
-class TradeEvent:
+#: Trade aggressor side; None where the venue does not say (Alpaca stocks).
+Side = Literal["buy", "sell"]
+
+
+class _EventBase(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag_field="type"
+):
+    """Common base: immutable, slotted, untracked by the GC, JSON-tagged by ``type``."""
+
+
+class TradeEvent(_EventBase, frozen=True, tag="trade"):
     """One executed trade. ``side`` is the aggressor (taker) side."""
 
     type: ClassVar[str] = "trade"
@@ -58,12 +73,11 @@ class TradeEvent:
     ts_recv: int
     price: float
     qty: float
-    side: str | None
+    side: Side | None
     trade_id: str
 
 
-@attrs.frozen(slots=True)
-class QuoteEvent:
+class QuoteEvent(_EventBase, frozen=True, tag="quote"):
     """Best bid and offer."""
 
     type: ClassVar[str] = "quote"
@@ -81,8 +95,7 @@ class QuoteEvent:
 Level = tuple[float, float]
 
 
-@attrs.frozen(slots=True)
-class BookEvent:
+class BookEvent(_EventBase, frozen=True, tag="book"):
     """An L2 book message: a full snapshot or a delta of changed levels.
 
     ``first_update_id``/``last_update_id`` carry the venue's sequence (Binance
@@ -102,8 +115,7 @@ class BookEvent:
     cross_seq: int | None = None
 
 
-@attrs.frozen(slots=True)
-class HeartbeatEvent:
+class HeartbeatEvent(_EventBase, frozen=True, tag="heartbeat"):
     """Liveness marker: synthetic for a silent provider, or the daemon's own.
 
     ``symbol`` is :data:`SYSTEM_SYMBOL` for the system heartbeat.
@@ -117,8 +129,7 @@ class HeartbeatEvent:
     silent_for: float = 0.0
 
 
-@attrs.frozen(slots=True)
-class StatusEvent:
+class StatusEvent(_EventBase, frozen=True, tag="status"):
     """A change of state: provider up/down, failover switch, gap detected.
 
     For feed-level events (failover) ``symbol`` is the feed name.
@@ -139,74 +150,20 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
     cls.type: cls for cls in (TradeEvent, QuoteEvent, BookEvent, HeartbeatEvent, StatusEvent)
 }
 
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(Event)
+
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The JSON-ready dict of an event: ``{"type": ..., <field>: <value>, ...}``.
 
     Book levels become lists of ``[price, size]`` pairs.
     """
-    match event:
-        case TradeEvent():
-            return {
-                "type": "trade",
-                "provider": event.provider,
-                "symbol": event.symbol,
-                "ts_exchange": event.ts_exchange,
-                "ts_recv": event.ts_recv,
-                "price": event.price,
-                "qty": event.qty,
-                "side": event.side,
-                "trade_id": event.trade_id,
-            }
-        case QuoteEvent():
-            return {
-                "type": "quote",
-                "provider": event.provider,
-                "symbol": event.symbol,
-                "ts_exchange": event.ts_exchange,
-                "ts_recv": event.ts_recv,
-                "bid_px": event.bid_px,
-                "bid_qty": event.bid_qty,
-                "ask_px": event.ask_px,
-                "ask_qty": event.ask_qty,
-            }
-        case BookEvent():
-            return {
-                "type": "book",
-                "provider": event.provider,
-                "symbol": event.symbol,
-                "ts_exchange": event.ts_exchange,
-                "ts_recv": event.ts_recv,
-                "bids": [list(level) for level in event.bids],
-                "asks": [list(level) for level in event.asks],
-                "is_snapshot": event.is_snapshot,
-                "first_update_id": event.first_update_id,
-                "last_update_id": event.last_update_id,
-                "cross_seq": event.cross_seq,
-            }
-        case HeartbeatEvent():
-            return {
-                "type": "heartbeat",
-                "provider": event.provider,
-                "symbol": event.symbol,
-                "ts_exchange": event.ts_exchange,
-                "ts_recv": event.ts_recv,
-                "silent_for": event.silent_for,
-            }
-        case StatusEvent():
-            return {
-                "type": "status",
-                "provider": event.provider,
-                "symbol": event.symbol,
-                "ts_exchange": event.ts_exchange,
-                "ts_recv": event.ts_recv,
-                "status": event.status,
-                "detail": event.detail,
-            }
-
-
-def _levels(raw: Any) -> tuple[Level, ...]:
-    return tuple((float(px), float(qty)) for px, qty in raw)
+    data: dict[str, Any] = msgspec.to_builtins(event)
+    if type(event) is BookEvent:
+        data["bids"] = [list(level) for level in event.bids]
+        data["asks"] = [list(level) for level in event.asks]
+    return data
 
 
 def event_from_dict(data: Any) -> Event:
@@ -217,51 +174,30 @@ def event_from_dict(data: Any) -> Event:
     """
     if not isinstance(data, dict):
         raise EventDecodeError(f"expected a JSON object, got {type(data).__name__}")
-    kind = data.get("type")
-    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise EventDecodeError(f"unknown event type {kind!r}")
-    fields = {k: v for k, v in data.items() if k != "type"}
     try:
-        if cls is BookEvent:
-            fields["bids"] = _levels(fields.get("bids", ()))
-            fields["asks"] = _levels(fields.get("asks", ()))
-        event = cls(**fields)
-        _check_types(event)
-    except (TypeError, ValueError) as exc:
-        raise EventDecodeError(f"bad {kind} event: {exc}") from exc
+        event: Event = msgspec.convert(data, Event)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(data.get("type"), exc) from None
     return event
 
 
-def _check_types(event: Event) -> None:
-    if not isinstance(event.provider, str) or not isinstance(event.symbol, str):
-        raise TypeError("provider and symbol must be strings")
-    if not isinstance(event.ts_recv, int) or not (
-        event.ts_exchange is None or isinstance(event.ts_exchange, int)
-    ):
-        raise TypeError("timestamps must be integer nanoseconds")
-    match event:
-        case TradeEvent():
-            _check_numbers(event.price, event.qty)
-            if event.side is not None and event.side not in SIDES:
-                raise ValueError(f"side must be 'buy', 'sell' or null, not {event.side!r}")
-            if not isinstance(event.trade_id, str):
-                raise TypeError("trade_id must be a string")
-        case QuoteEvent():
-            _check_numbers(event.bid_px, event.bid_qty, event.ask_px, event.ask_qty)
-        case _:
-            pass
-
-
-def _check_numbers(*values: object) -> None:
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected a number, got {value!r}")
+def _decode_error(kind: Any, exc: msgspec.ValidationError) -> EventDecodeError:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        return EventDecodeError(f"unknown event type {kind!r}")
+    return EventDecodeError(f"bad {kind} event: {exc}")
 
 
 def dumps(event: Event) -> bytes:
     """One event as compact JSON bytes (no trailing newline)."""
-    return orjson.dumps(event_to_dict(event))
+    return _ENCODER.encode(event)
+
+
+def dumps_lines(events: Iterable[Event]) -> bytes:
+    """Events as newline-delimited JSON (one line each, each ending in a newline).
+
+    One call into the encoder for a whole batch: the JSONL sink's hot path.
+    """
+    return _ENCODER.encode_lines(events)
 
 
 def loads(raw: bytes | str) -> Event:
@@ -271,7 +207,17 @@ def loads(raw: bytes | str) -> Event:
         EventDecodeError: not JSON, or not a valid event.
     """
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EventDecodeError(f"not JSON: {exc}") from exc
-    return event_from_dict(data)
+        event: Event = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        kind = None
+        try:
+            data = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise EventDecodeError(f"expected a JSON object, got {type(data).__name__}") from None
+        kind = data.get("type")
+        raise _decode_error(kind, exc) from None
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    return event

@@ -32,7 +32,15 @@ import trio
 
 from ..config import normalize_symbol
 from ..errors import AuthError, ProviderError, SubscribeError
-from ..events import BookEvent, HeartbeatEvent, QuoteEvent, StatusEvent, TradeEvent, now_ns
+from ..events import (
+    BookEvent,
+    HeartbeatEvent,
+    QuoteEvent,
+    Side,
+    StatusEvent,
+    TradeEvent,
+    now_ns,
+)
 from ._parse import PARSE_FAILURES, Control, bad_frame, rfc3339_ns
 from ._ws import Plan, WsProvider
 
@@ -58,7 +66,7 @@ SUBSCRIBE_CODES: Final = frozenset({400, 405, 409, 410})
 #: Quote currencies used to split ``BTCUSD`` into Alpaca's ``BTC/USD``.
 CRYPTO_QUOTES: Final = ("USDT", "USDC", "USD", "BTC")
 _INF: Final = math.inf
-_TAKER: Final = {"B": "buy", "S": "sell"}
+_TAKER: Final[dict[str, Side]] = {"B": "buy", "S": "sell"}
 _CONTROL_KINDS: Final = {
     "b": "bar",
     "d": "daily_bar",

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+import msgspec
 import orjson
 import trio
 
 from ..books import BookKeeper, DepthSnapshotFetcher, feed_books, flush_forever
 from ..config import normalize_symbol
-from ..events import BookEvent, QuoteEvent, TradeEvent
+from ..events import BookEvent, QuoteEvent, Side, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
 from ._ws import Plan, Reconnect, WsProvider
 
@@ -45,6 +46,89 @@ MICROSECONDS: Final = 1_000
 _INF: Final = math.inf
 
 
+class _WireTrade(msgspec.Struct, gc=False):
+    """A ``trade``/``aggTrade`` payload as it comes (prices and sizes are decimal strings)."""
+
+    e: Literal["trade", "aggTrade"]
+    s: str
+    p: str
+    q: str
+    m: bool
+    t: int | None = None
+    a: int | None = None
+    T: int | None = None
+    E: int | None = None
+
+
+class _CombinedTrade(msgspec.Struct, gc=False):
+    stream: str
+    data: _WireTrade
+
+
+class _WireTicker(msgspec.Struct, gc=False):
+    """A ``bookTicker`` payload (spot has no time; futures-style ``T`` is tolerated)."""
+
+    u: int
+    s: str
+    b: str
+    B: str
+    a: str
+    A: str
+    T: int | None = None
+
+
+class _CombinedTicker(msgspec.Struct, gc=False):
+    stream: str
+    data: _WireTicker
+
+
+# Typed decoders for the hot frames (strict: no type coercion). Anything they
+# reject goes through the general parser, which names the problem.
+_TRADE_DECODER: Final = msgspec.json.Decoder(_CombinedTrade)
+_TICKER_DECODER: Final = msgspec.json.Decoder(_CombinedTicker)
+_DECODE_FAILURES: Final = (msgspec.ValidationError, msgspec.DecodeError, ValueError)
+_QUOTE: Final[dict[type, str | bytes]] = {str: '"', bytes: b'"'}
+
+
+def _fast(raw: str | bytes, ts_recv: int, provider: str, unit: int) -> Parsed | None:
+    """Trades and tickers of the combined stream, typed-decoded; None: not one of those.
+
+    Trusts nothing: a frame the typed decoders or the checks here do not take
+    in full returns None, and the general parser has the last word on it. The
+    stream name (``{"stream":"btcusdt@trade",...``) picks the decoder: its last
+    three characters are ``ade`` for trades and ``ker`` for tickers.
+    """
+    end = raw.find(_QUOTE[type(raw)], 11)  # type: ignore[arg-type]
+    tail = raw[end - 3 : end]
+    if tail == "ade" or tail == b"ade":
+        try:
+            d = _TRADE_DECODER.decode(raw).data
+            price = float(d.p)
+            qty = float(d.q)
+        except _DECODE_FAILURES:
+            return None
+        trade_id = d.t if d.e == "trade" else d.a
+        if not (0.0 < price < _INF and 0.0 <= qty < _INF) or trade_id is None or not d.s:
+            return None
+        t = d.T if d.T is not None else d.E
+        side: Side = "sell" if d.m else "buy"  # buyer is maker: the aggressor sold
+        ts = None if t is None else t * unit
+        return [TradeEvent(provider, d.s, ts, ts_recv, price, qty, side, str(trade_id))]
+    if tail == "ker" or tail == b"ker":
+        try:
+            q = _TICKER_DECODER.decode(raw).data
+            bid, bid_qty, ask, ask_qty = float(q.b), float(q.B), float(q.a), float(q.A)
+        except _DECODE_FAILURES:
+            return None
+        if not (0.0 <= bid < _INF and 0.0 <= ask < _INF and 0.0 <= bid_qty < _INF):
+            return None
+        if not (0.0 <= ask_qty < _INF) or not q.s:
+            return None
+        ts = None if q.T is None else q.T * unit
+        return [QuoteEvent(provider, q.s, ts, ts_recv, bid, bid_qty, ask, ask_qty)]
+    return None
+
+
 def _time(msg: dict[str, Any], key: str, unit_ns: int) -> int | None:
     value = msg.get(key)
     if value is None:
@@ -59,6 +143,7 @@ def _trade(msg: dict[str, Any], ts_recv: int, provider: str, id_key: str, unit: 
     if type(symbol) is not str or not symbol:
         raise TypeError(f"bad symbol {symbol!r}")
     maker = msg["m"]
+    side: Side
     if maker is True:
         side = "sell"  # the buyer made the market: the aggressor sold
     elif maker is False:
@@ -195,6 +280,9 @@ def parse(
     Raises:
         ParseError: not JSON, or a known message with missing/bad fields.
     """
+    fast = _fast(raw, ts_recv, provider, time_unit_ns)
+    if fast is not None:
+        return fast
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -26,7 +26,7 @@ import trio
 from ..books import BookKeeper, feed_books, flush_forever
 from ..config import normalize_symbol
 from ..errors import SubscribeError
-from ..events import BookEvent, QuoteEvent, TradeEvent
+from ..events import BookEvent, QuoteEvent, Side, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
 from ._ws import Plan, WsProvider
 
@@ -43,7 +43,7 @@ MAX_ARGS_PER_REQUEST: Final = 10
 BOOK_RESYNC_TIMEOUT: Final = 5.0
 _MS: Final = 1_000_000
 _INF: Final = math.inf
-_SIDES: Final = {"Buy": "buy", "Sell": "sell"}
+_SIDES: Final[dict[str, Side]] = {"Buy": "buy", "Sell": "sell"}
 
 
 def _ms(value: Any) -> int:

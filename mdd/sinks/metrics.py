@@ -1,15 +1,17 @@
 """Metrics sink: the seed system's per-event Prometheus metrics, updated per batch.
 
-For each batch it counts events per (provider, type, symbol) in a local dict
-and calls ``inc(n)`` once per label set on cached children, buckets the
-exchange -> receive latencies with :class:`mdd.metrics.BatchHistogram`, and
-keeps a per-second tally for ``market_events_per_second``. Per event this is
-a dict update and a ``bisect``: ~20x cheaper than ``observe``/``inc`` per event.
+For each batch it counts events per (provider, type, symbol) with a
+``Counter`` over ``attrgetter`` keys and calls ``inc(n)`` once per label set on
+cached children, buckets the exchange -> receive latencies with
+:class:`mdd.metrics.BatchHistogram`, and keeps a per-second tally for
+``market_events_per_second``. The per-event work runs in C (``map``,
+``Counter``, ``bisect``): far cheaper than ``observe``/``inc`` per event.
 """
 
 from __future__ import annotations
 
 import collections
+import operator
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
     from prometheus_client.metrics import Counter
 
     from ..events import Event
+
+_KEY: Final = operator.attrgetter("provider", "type", "symbol")
+_PROVIDER: Final = operator.attrgetter("provider")
+_RECV: Final = operator.attrgetter("ts_recv")
+_EXCHANGE: Final = operator.attrgetter("ts_exchange")
 
 #: Whole seconds averaged for ``market_events_per_second``.
 RATE_WINDOW: Final = 5
@@ -51,26 +58,21 @@ class MetricsSink:
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Account one batch."""
-        counts: dict[tuple[str, str, str], int] = {}
-        latencies: dict[str, list[float]] = {}
-        get = counts.get
-        for e in batch:
-            key = (e.provider, e.type, e.symbol)
-            counts[key] = get(key, 0) + 1
-            tx = e.ts_exchange
-            if tx is not None:
-                lat = latencies.get(e.provider)
-                if lat is None:
-                    lat = latencies[e.provider] = []
-                lat.append((e.ts_recv - tx) / 1e6)
         children = self._children
-        for key, n in counts.items():
+        for key, n in collections.Counter(map(_KEY, batch)).items():
             child = children.get(key)
             if child is None:
                 child = children[key] = EVENTS.labels(*key)
             child.inc(n)
-        for provider, values in latencies.items():
-            EXCHANGE_LATENCY.labels(provider).observe_many(values)
+        providers = set(map(_PROVIDER, batch))
+        for provider in providers:
+            group = batch if len(providers) == 1 else [e for e in batch if e.provider == provider]
+            sent = list(map(_EXCHANGE, group))
+            if None in sent:  # venues without times (Binance bookTicker): skip those
+                group = [e for e in group if e.ts_exchange is not None]
+                sent = list(map(_EXCHANGE, group))
+            if group:
+                EXCHANGE_LATENCY.labels(provider).observe_ns_diffs(list(map(_RECV, group)), sent)
         self.seen += len(batch)
         self._tally(len(batch))
 

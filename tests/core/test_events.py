@@ -101,22 +101,22 @@ def test_decimals_round_trip_exactly(price: Decimal, qty: Decimal) -> None:
         (
             b'{"type":"trade","provider":"x","symbol":"S","ts_exchange":null,"ts_recv":1,'
             b'"price":"1.0","qty":1,"side":"buy","trade_id":"1"}',
-            "expected a number",
+            r"bad trade event: Expected `float`, got `str` - at `\$.price`",
         ),
         (
             b'{"type":"trade","provider":"x","symbol":"S","ts_exchange":null,"ts_recv":1,'
             b'"price":1.0,"qty":1,"side":"up","trade_id":"1"}',
-            "side must be",
+            r"bad trade event: Invalid enum value 'up' - at `\$.side`",
         ),
         (
             b'{"type":"trade","provider":"x","symbol":"S","ts_exchange":null,"ts_recv":1.5,'
             b'"price":1.0,"qty":1,"side":"buy","trade_id":"1"}',
-            "integer nanoseconds",
+            r"bad trade event: Expected `int`, got `float` - at `\$.ts_recv`",
         ),
         (
             b'{"type":"trade","provider":"x","symbol":"S","ts_exchange":null,"ts_recv":1,'
             b'"price":1.0,"qty":1,"side":"buy","trade_id":1}',
-            "trade_id must be a string",
+            r"bad trade event: Expected `str`, got `int` - at `\$.trade_id`",
         ),
         (
             b'{"type":"book","provider":"x","symbol":"S","ts_exchange":null,"ts_recv":1,'

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
@@ -189,3 +192,48 @@ def test_stream_names_lower_case_per_channel() -> None:
         "btcusdt@depth@100ms",
     ]
     assert stream_names(("ETHUSDT",), ("book",), 1000) == ["ethusdt@depth"]
+
+
+# The typed fast path (combined trade/bookTicker frames) must agree with the
+# general parser on everything, including what it refuses.
+_decimal = st.one_of(
+    st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False).map(lambda d: f"{d:f}"),
+    st.sampled_from(["0", "-1.5", "nan", "inf", "1e5", "", "abc", "00.10"]),
+)
+
+
+@given(
+    price=_decimal,
+    qty=_decimal,
+    maker=st.sampled_from(["true", "false", '"yes"', "1"]),
+    trade_time=st.sampled_from(["1700000000122", '"1700000000122"', "null", None]),
+    trade_id=st.sampled_from(["123456789", '"abc"', str(2**63 - 1), "1.5"]),
+    kind=st.sampled_from(["trade", "aggTrade"]),
+)
+def test_fast_path_agrees_with_the_general_parser(
+    price: str, qty: str, maker: str, trade_time: str | None, trade_id: str, kind: str
+) -> None:
+    id_key = "t" if kind == "trade" else "a"
+    fields = [f'"e":"{kind}"', '"E":1700000000123', '"s":"BTCUSDT"', f'"{id_key}":{trade_id}']
+    fields += [f'"p":"{price}"', f'"q":"{qty}"', f'"m":{maker}', '"M":true']
+    if trade_time is not None:
+        fields.append(f'"T":{trade_time}')
+    data = "{" + ",".join(fields) + "}"
+    combined = '{"stream":"btcusdt@' + kind + '","data":' + data + "}"
+    general = _outcome(lambda: parse(data, RECV))  # raw /ws form: never the fast path
+    assert _outcome(lambda: parse(combined, RECV)) == general
+    assert _outcome(lambda: parse(combined.encode(), RECV)) == general
+
+
+@given(bid=_decimal, ask=_decimal, size=_decimal)
+def test_fast_ticker_agrees_with_the_general_parser(bid: str, ask: str, size: str) -> None:
+    data = f'{{"u":400900217,"s":"BNBUSDT","b":"{bid}","B":"{size}","a":"{ask}","A":"1.5"}}'
+    combined = '{"stream":"bnbusdt@bookTicker","data":' + data + "}"
+    assert _outcome(lambda: parse(combined, RECV)) == _outcome(lambda: parse(data, RECV))
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except ParseError:
+        return ParseError
