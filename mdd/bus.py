@@ -148,6 +148,9 @@ class SinkInbox:
         self._fast_limit = self._hb_limit if self._tiered else sys.maxsize
         self._closed = False
         self._receiver_waiting = False
+        # A waiting receiver is woken once this many events are queued (more
+        # than 1 while it collects a batch over ``max_wait``: no wake per event).
+        self._wake_at = 1
         self._data_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self.delivered = 0
@@ -198,7 +201,7 @@ class SinkInbox:
         queue.append(event)
         if n >= self._peak:
             self._peak = n + 1
-        if self._receiver_waiting:
+        if self._receiver_waiting and n >= self._wake_at - 1:
             self._wake()
         return True
 
@@ -236,13 +239,20 @@ class SinkInbox:
             try:
                 with trio.move_on_after(max_wait):
                     while len(batch) < max_items and not self._closed:
-                        if not queue:
+                        if len(queue) < max_items - len(batch):
+                            # Sleep until the batch could be full (or the window
+                            # ends), not until the next event.
+                            self._wake_at = min(max_items - len(batch), self.capacity)
                             self._receiver_waiting = True
                             await self._data_lot.park()
                         self._take(max_items, batch)
             except BaseException:
                 queue.extendleft(reversed(batch))
                 raise
+            finally:
+                self._wake_at = 1
+                self._receiver_waiting = False
+            self._take(max_items, batch)  # what arrived since the last wake-up
         self.delivered += len(batch)
         if self._room_lot and len(queue) <= self.capacity:
             self._room_lot.unpark_all()
@@ -333,7 +343,7 @@ class Bus:
             queue = lane._queue
             if len(queue) < lane._fast_limit:
                 queue.append(event)
-                if lane._receiver_waiting:
+                if lane._receiver_waiting and len(queue) >= lane._wake_at:
                     lane._wake()
             else:
                 lane.offer(event, kind)
