@@ -22,8 +22,6 @@ Two kinds of metrics:
 from __future__ import annotations
 
 import bisect
-import collections
-import itertools
 import math
 import operator
 from typing import TYPE_CHECKING, Any, Final
@@ -126,15 +124,17 @@ class _HistogramChild:
     def observe_ns_diffs(self, ends: Sequence[int], starts: Sequence[int]) -> None:
         """Add ``(end - start)`` in ms for each pair: a batch of ns timestamps.
 
-        Everything per value runs in C (``map``, ``bisect``, ``Counter``): the
-        metrics sink calls this with a whole batch of receive/exchange times.
+        The differences are sorted (in C; they arrive nearly sorted) and each
+        bucket's count read off with one ``bisect`` per bound, instead of one
+        ``bisect`` per value: the metrics sink calls this with whole batches.
         """
-        diffs = list(map(operator.sub, ends, starts))
+        diffs = sorted(map(operator.sub, ends, starts))
         counts = self.counts
-        for index, n in collections.Counter(
-            map(bisect.bisect_left, itertools.repeat(self.bounds_ns), diffs)
-        ).items():
-            counts[index] += n
+        below = 0
+        for index, bound in enumerate(self.bounds_ns):
+            upto = bisect.bisect_right(diffs, bound)  # values <= bound: bisect_left's bucket
+            counts[index] += upto - below
+            below = upto
         self.total += sum(diffs) / 1e6
 
     def observe_many(self, values: Iterable[float]) -> None:

@@ -15,9 +15,11 @@ How it fits trio:
 * picows calls :meth:`_Listener.on_ws_frame` on the asyncio side, once per
   frame, with ``last_in_buffer`` set on the last frame of one socket read.
   Frames are appended to a deque and the trio reader is woken once per read
-  (not per frame), so a burst of frames costs one wake-up. ``get_message``
-  then returns queued frames without a checkpoint (at most
-  :data:`YIELD_EVERY` in a row, so other tasks still run). When more than
+  (not per frame), so a burst of frames costs one wake-up. ``get_messages``
+  (what the provider loop uses) returns everything queued, up to
+  :data:`BATCH_FRAMES`, with one checkpoint; ``get_message`` returns queued
+  frames one at a time without a checkpoint (at most :data:`YIELD_EVERY` in a
+  row, so other tasks still run). When more than
   :data:`HIGH_WATER` frames wait, socket reading pauses (TCP backpressure)
   until the reader has drained below :data:`LOW_WATER`.
 * Keepalive: picows answers server pings itself (``enable_auto_pong``);
@@ -52,6 +54,8 @@ HIGH_WATER: Final = 65536
 LOW_WATER: Final = 16384
 #: Queued frames ``get_message`` may return in a row without a checkpoint.
 YIELD_EVERY: Final = 256
+#: Most frames one ``get_messages`` call returns (it checkpoints once per call).
+BATCH_FRAMES: Final = 256
 
 _TEXT: Final = picows.WSMsgType.TEXT
 _BINARY: Final = picows.WSMsgType.BINARY
@@ -130,10 +134,32 @@ class _PicowsConnection:
                 self._unyielded = 0
                 await trio.lowlevel.checkpoint()
         if self.paused and len(queue) < LOW_WATER:
-            self.paused = False
-            if not self.disconnected.is_set():
-                self.transport.underlying_transport.resume_reading()
+            self._resume()
         return queue.popleft()
+
+    async def get_messages(self) -> list[str | bytes]:
+        queue = self.queue
+        if queue:
+            await trio.lowlevel.checkpoint()  # before taking: a cancel loses nothing
+        while not queue:
+            if self.disconnected.is_set():
+                raise ConnectionLost(self.closed_reason or "connection closed")
+            await self.lot.park()
+        self._unyielded = 0
+        if len(queue) <= BATCH_FRAMES:
+            frames = list(queue)
+            queue.clear()
+        else:
+            popleft = queue.popleft
+            frames = [popleft() for _ in range(BATCH_FRAMES)]
+        if self.paused and len(queue) < LOW_WATER:
+            self._resume()
+        return frames
+
+    def _resume(self) -> None:
+        self.paused = False
+        if not self.disconnected.is_set():
+            self.transport.underlying_transport.resume_reading()
 
     async def send_message(self, message: str | bytes) -> None:
         if self.disconnected.is_set() or self.transport is None:

@@ -95,6 +95,17 @@ class Connection(Protocol):
             ConnectionLost: the connection closed or broke.
         """
 
+    async def get_messages(self) -> list[str | bytes]:
+        """The messages already received, oldest first (at least one; waits for it).
+
+        The provider loop reads in these batches: one await per socket read,
+        not per message.
+
+        Raises:
+            ConnectionLost: the connection closed or broke (after every
+            received message was returned).
+        """
+
     async def send_message(self, message: str | bytes) -> None:
         """Send one message.
 
@@ -157,6 +168,9 @@ class _TrioWebsocketConnection:
             return await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise ConnectionLost(_closed(exc)) from None
+
+    async def get_messages(self) -> list[str | bytes]:
+        return [await self.get_message()]
 
     async def send_message(self, message: str | bytes) -> None:
         try:
@@ -592,24 +606,26 @@ class WsProvider:
         current_time = trio.current_time
         tap = self.frame_tap
         while True:
-            raw = await conn.get_message()
+            frames = await conn.get_messages()
             session.last_rx = current_time()
+            # One receive time per batch: the frames of one socket read arrived together.
             ts_recv = time.time_ns()
-            if tap is not None:
-                tap(self.name, session.plan.url, ts_recv, raw)
-            try:
-                items = parse(raw, ts_recv, session)
-            except ParseError as exc:
-                health.parse_errors += 1
-                self._bad("provider.parse_error provider=%s error=%s", self.name, exc)
-                continue
             n = 0
-            for item in items:
-                if type(item) is Control:
-                    await self._control(session, item)
-                else:
-                    publish(item)  # type: ignore[arg-type]
-                    n += 1
+            for raw in frames:
+                if tap is not None:
+                    tap(self.name, session.plan.url, ts_recv, raw)
+                try:
+                    items = parse(raw, ts_recv, session)
+                except ParseError as exc:
+                    health.parse_errors += 1
+                    self._bad("provider.parse_error provider=%s error=%s", self.name, exc)
+                    continue
+                for item in items:
+                    if type(item) is Control:
+                        await self._control(session, item)
+                    else:
+                        publish(item)  # type: ignore[arg-type]
+                        n += 1
             if n:
                 health.mark_data(n)
                 if not session.flowed:

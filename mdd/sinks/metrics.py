@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _KEY: Final = operator.attrgetter("provider", "type", "symbol")
 _PROVIDER: Final = operator.attrgetter("provider")
+_SYMBOL: Final = operator.attrgetter("symbol")
 _RECV: Final = operator.attrgetter("ts_recv")
 _EXCHANGE: Final = operator.attrgetter("ts_exchange")
 
@@ -61,12 +62,20 @@ class MetricsSink:
     async def write(self, batch: Sequence[Event]) -> None:
         """Account one batch."""
         children = self._children
-        for key, n in collections.Counter(map(_KEY, batch)).items():
+        providers = set(map(_PROVIDER, batch))
+        kinds = set(map(type, batch))
+        if len(providers) == 1 and len(kinds) == 1:  # the usual batch: count symbols only
+            head = (batch[0].provider, batch[0].type)
+            counts = {
+                (*head, symbol): n for symbol, n in collections.Counter(map(_SYMBOL, batch)).items()
+            }
+        else:
+            counts = collections.Counter(map(_KEY, batch))
+        for key, n in counts.items():
             child = children.get(key)
             if child is None:
                 child = children[key] = EVENTS.labels(*key)
             child.inc(n)
-        providers = set(map(_PROVIDER, batch))
         for provider in providers:
             group = batch if len(providers) == 1 else [e for e in batch if e.provider == provider]
             sent = list(map(_EXCHANGE, group))

@@ -189,6 +189,41 @@ async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
     assert ids == list(range(1, n + 1))
 
 
+async def test_batch_reads_return_every_frame_in_order_then_report_the_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import orjson
+
+    from mdd import bench_blaster
+    from mdd.providers import _picows
+
+    monkeypatch.setattr(_picows, "HIGH_WATER", 50)
+    monkeypatch.setattr(_picows, "LOW_WATER", 10)
+    n = 3000
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                partial(bench_blaster.serve, "binance", ["BTCUSDT"], events=n)
+            )
+            async with trio.open_nursery() as conn_nursery:
+                conn = await PicowsTransport().connect(conn_nursery, f"ws://127.0.0.1:{port}/")
+                await _until(lambda: conn.paused)  # paused reads resume as batches drain
+                ids: list[int] = []
+                sizes: list[int] = []
+                while len(ids) < n:
+                    batch = await conn.get_messages()
+                    sizes.append(len(batch))
+                    ids.extend(orjson.loads(raw)["data"]["t"] for raw in batch)
+                assert not conn.paused
+                assert max(sizes) <= _picows.BATCH_FRAMES
+                assert max(sizes) > 1  # frames of one socket read come together
+                await conn.aclose()
+                with pytest.raises(ConnectionLost):
+                    await conn.get_messages()
+            nursery.cancel_scope.cancel()
+    assert ids == list(range(1, n + 1))
+
+
 async def test_bybit_over_picows_sends_its_json_pings() -> None:
     from mdd.providers.bybit import BybitProvider
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -100,6 +103,24 @@ def test_batch_histogram_matches_cumulative_buckets() -> None:
         "+Inf": 5,
     }
     assert samples(fam, "_sum")[0].value == 66.5
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(min_value=0, max_value=20_000_000),
+            st.sampled_from([1_000_000, 10_000_000, 999_999, 10_000_001]),  # on the bounds
+        ),
+        max_size=50,
+    )
+)
+def test_ns_batch_path_buckets_like_one_value_at_a_time(diffs_ns: list[int]) -> None:
+    hist = BatchHistogram("y_ms", "test", ["p"], (1, 10))
+    hist.labels("batch").observe_ns_diffs([1_000 + d for d in diffs_ns], [1_000] * len(diffs_ns))
+    hist.labels("each").observe_many([d / 1e6 for d in diffs_ns])
+    batch, each = hist.labels("batch"), hist.labels("each")
+    assert batch.counts == each.counts
+    assert math.isclose(batch.total, each.total, abs_tol=1e-9)
 
 
 def daemon_config(tmp_path: Path) -> Any:
