@@ -36,14 +36,17 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 class FaultVFS(apsw.VFS):
     """The default SQLite VFS with switches, for storage-fault tests.
 
-    ``full``: every write fails as SQLITE_FULL (disk full). ``readonly``: the
-    main database opens read-only and writes fail as on a file system remounted
-    read-only (EROFS). No mount or permission trick is needed (tests run as root).
+    ``full``: every write fails as SQLITE_FULL (disk full). ``main_full``: only
+    writes to the main database file fail so (a WAL checkpoint writes there;
+    commits write only the WAL). ``readonly``: the main database opens
+    read-only and writes fail as on a file system remounted read-only (EROFS).
+    No mount or permission trick is needed (tests run as root).
     """
 
     def __init__(self, name: str) -> None:
         self.vfs_name = name
         self.full = False
+        self.main_full = False
         self.readonly = False
         super().__init__(name, "")
 
@@ -58,10 +61,11 @@ class FaultVFS(apsw.VFS):
 class _FaultFile(apsw.VFSFile):
     def __init__(self, vfs: FaultVFS, name: Any, flags: list[int]) -> None:
         self.vfs = vfs
+        self.main = bool(flags[0] & apsw.SQLITE_OPEN_MAIN_DB)
         super().__init__("", name, flags)
 
     def xWrite(self, data: bytes, offset: int) -> None:
-        if self.vfs.full:
+        if self.vfs.full or (self.main and self.vfs.main_full):
             raise apsw.FullError("injected: no space left on device")
         if self.vfs.readonly:
             raise apsw.ReadOnlyError("injected: read-only file system")

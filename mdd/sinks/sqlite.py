@@ -52,6 +52,12 @@ RETENTION_EVERY: Final = 60.0
 #: Rows deleted per table per retention statement (keeps each sweep short).
 RETENTION_CHUNK: Final = 5000
 
+#: WAL pages (4 KiB) after which the sink checkpoints, as SQLite's own autocheckpoint.
+CHECKPOINT_PAGES: Final = 1000
+#: Seconds between checkpoint attempts at most (a reader pinning the WAL can
+#: keep one from completing; do not retry it on every batch).
+CHECKPOINT_EVERY: Final = 0.25
+
 #: Rows per ``executemany`` step inside a batch's transaction; the sink yields to
 #: other tasks between steps, so one step blocks the loop well under 1 ms (a whole
 #: 1000-row batch took 4-8 ms here and set the NATS sink's p99 latency).
@@ -180,6 +186,10 @@ class SqliteSink:
         self.busy_timeout_ms = busy_timeout_ms
         self.vfs = vfs
         self.conn: apsw.Connection | None = None
+        self._checkpointer: apsw.Connection | None = None
+        self._wal_pages = 0
+        self._next_checkpoint = -math.inf
+        self.checkpoints = 0
         self._book_pending: dict[tuple[str, str], BookEvent] = {}
         self._book_written: dict[tuple[str, str], int] = {}
         self._next_retention = -math.inf
@@ -200,12 +210,67 @@ class SqliteSink:
     def _connect(self, events: int) -> apsw.Connection:
         if self.conn is None:
             try:
-                self.conn = storage.open_db(
+                conn = storage.open_db(
                     self.path, busy_timeout_ms=self.busy_timeout_ms, vfs=self.vfs
                 )
+                # Checkpoints run off the event loop (see _checkpoint), not inside
+                # whichever commit crosses SQLite's autocheckpoint threshold.
+                conn.wal_autocheckpoint(0)
+                conn.set_wal_hook(self._on_wal)
             except apsw.Error as exc:
                 raise self._error(exc, events) from exc
+            self.conn = conn
         return self.conn
+
+    def _on_wal(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        self._wal_pages = pages  # after each commit: the WAL's size in pages
+        return apsw.SQLITE_OK
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database file on a worker thread (PASSIVE mode).
+
+        SQLite's automatic checkpoint runs inside the commit that crosses
+        1000 WAL pages: in the event loop, with an fsync, ~1.9 µs per
+        inserted row on this machine (~37 % of the insert cost) and a stall
+        of the whole daemon each time. A checkpoint is one long call into
+        SQLite that releases the GIL, i.e. blocking disk I/O, which Trio runs
+        on a worker thread (as ``trio.open_file`` does). It uses its own
+        connection, never the writer's; PASSIVE mode never blocks the writer
+        or readers. A failure is logged and counted, never fatal: the data
+        is committed in the WAL and the next checkpoint copies it.
+        """
+        self._next_checkpoint = trio.current_time() + CHECKPOINT_EVERY
+        try:
+            if self._checkpointer is None:
+                flags = apsw.SQLITE_OPEN_READWRITE
+                conn = (
+                    apsw.Connection(str(self.path), flags=flags, vfs=self.vfs)
+                    if self.vfs
+                    else apsw.Connection(str(self.path), flags=flags)
+                )
+                conn.set_busy_timeout(self.busy_timeout_ms)
+                conn.execute("PRAGMA journal_mode").fetchall()  # learn it is WAL
+                self._checkpointer = conn
+            await trio.to_thread.run_sync(
+                self._checkpointer.wal_checkpoint, None, apsw.SQLITE_CHECKPOINT_PASSIVE
+            )
+            self.checkpoints += 1
+        except apsw.Error as exc:
+            SQLITE_ERRORS.labels(error_kind(exc)).inc()
+            LOGGER.warning(
+                "sink.sqlite.checkpoint_failed path=%s error=%r",
+                self.path,
+                f"{type(exc).__name__}: {exc}",
+            )
+            self._close_checkpointer()
+
+    def _close_checkpointer(self) -> None:
+        ckpt, self._checkpointer = self._checkpointer, None
+        if ckpt is not None:
+            try:
+                ckpt.close()
+            except apsw.Error:
+                LOGGER.debug("sink.sqlite.checkpointer_close_failed path=%s", self.path)
 
     def _error(self, exc: apsw.Error, events: int) -> SqliteSinkError:
         kind = error_kind(exc)
@@ -235,9 +300,10 @@ class SqliteSink:
                     len(pending),
                     f"{type(exc).__name__}: {exc}",
                 )
+        self._close_checkpointer()
         if self.conn is None:
             return
-        self.conn.close()
+        self.conn.close()  # the last connection to close checkpoints the rest
         self.conn = None
         LOGGER.info(
             "sink.sqlite.closed path=%s rows=%s duplicates=%d",
@@ -277,6 +343,8 @@ class SqliteSink:
                 del self._book_pending[key]
         if self.retain_days is not None:
             self._maybe_retain()
+        if self._wal_pages >= CHECKPOINT_PAGES and trio.current_time() >= self._next_checkpoint:
+            await self._checkpoint()
 
     def _due_books(self, fresh: dict[tuple[str, str], BookEvent]) -> list[BookEvent]:
         """The latest book per key whose throttle interval has passed."""

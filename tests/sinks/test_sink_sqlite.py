@@ -17,6 +17,7 @@ from mdd.bus import Bus
 from mdd.events import BookEvent, HeartbeatEvent, QuoteEvent, StatusEvent, TradeEvent
 from mdd.metrics import REGISTRY
 from mdd.sinks import SINK_FACTORIES, SinkHealth, run_sink
+from mdd.sinks import sqlite as sqlite_sink
 from mdd.sinks.sqlite import SqliteSink, SqliteSinkError
 
 if TYPE_CHECKING:
@@ -348,3 +349,51 @@ async def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     assert count(path, "quotes") == 0  # T0 is 2023: older than a day
     assert metric("mdd_sqlite_retention_deleted_total", table="trades") == before + 1
     await sink.close()
+
+
+def _trades(start: int, n: int) -> list[TradeEvent]:
+    return [
+        TradeEvent("binance", "BTCUSDT", T0 + i, T0 + i, 1.0, 1.0, "buy", str(i))
+        for i in range(start, start + n)
+    ]
+
+
+async def test_wal_is_checkpointed_by_the_sink_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_sink, "CHECKPOINT_PAGES", 1)
+    monkeypatch.setattr(sqlite_sink, "CHECKPOINT_EVERY", 0.0)
+    path = tmp_path / "c.sqlite"
+    sink = SqliteSink(path)
+    await sink.open()
+    assert sink.conn is not None
+    before = path.stat().st_size
+    for k in range(3):
+        await sink.write(_trades(k * 300, 300))
+    assert sink.checkpoints >= 1
+    assert path.stat().st_size > before  # the rows were copied from the WAL into the file
+    assert count(path) == 900
+    await sink.close()
+
+
+async def test_a_failed_checkpoint_is_counted_and_writing_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault_vfs: FaultVFS, caplog: Any
+) -> None:
+    monkeypatch.setattr(sqlite_sink, "CHECKPOINT_PAGES", 1)
+    monkeypatch.setattr(sqlite_sink, "CHECKPOINT_EVERY", 0.0)
+    path = tmp_path / "f.sqlite"
+    sink = SqliteSink(path, vfs=fault_vfs.vfs_name)
+    await sink.open()
+    errors = metric("mdd_sqlite_errors_total", kind="disk_full")
+    fault_vfs.main_full = True  # commits (WAL) work, checkpoints (main file) fail
+    await sink.write(_trades(0, 300))
+    await sink.write(_trades(300, 300))
+    assert sink.checkpoints == 0
+    assert metric("mdd_sqlite_errors_total", kind="disk_full") >= errors + 1
+    assert "sink.sqlite.checkpoint_failed" in caplog.text
+    assert count(path) == 600  # nothing lost: the rows are in the WAL
+    fault_vfs.main_full = False
+    await sink.write(_trades(600, 300))
+    assert sink.checkpoints == 1
+    await sink.close()
+    assert count(path) == 900
