@@ -28,6 +28,7 @@ added to the latency being measured), so only ``parse`` and ``bus`` are timed.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -200,12 +201,20 @@ def rss_kb() -> int:
         return 0
 
 
-def parser_for(venue: str) -> Callable[[str | bytes, int], Any]:
-    """The venue's pure ``parse(raw, ts_recv)``."""
+def parser_for(
+    venue: str, symbols: Sequence[str] = ("BTCUSDT",)
+) -> Callable[[str | bytes, int], Any]:
+    """The venue's pure ``parse(raw, ts_recv)``, set up as the provider sets it up.
+
+    Binance: with the connection's :class:`~mdd.providers.binance.StreamDecoder`
+    for the blaster's trade streams, as ``BinanceProvider.parse_frame`` uses.
+    """
     if venue == "binance":
+        from .providers.binance import StreamDecoder
         from .providers.binance import parse as binance_parse
 
-        return binance_parse
+        decoder = StreamDecoder(f"{s.lower()}@trade" for s in symbols)
+        return functools.partial(binance_parse, decoder=decoder)
     if venue == "bybit":
         from .providers.bybit import parse as bybit_parse
 
@@ -412,7 +421,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
             raise BenchError(f"unknown sink {s!r} (choose from {', '.join(SINK_NAMES)})")
     if opts.transport not in TRANSPORTS:
         raise BenchError(f"unknown transport {opts.transport!r} ({', '.join(TRANSPORTS)})")
-    parse = parser_for(opts.venue)
+    parse = parser_for(opts.venue, opts.symbols)
     transport = make_bench_transport(opts.transport)
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if opts.data_dir is None:

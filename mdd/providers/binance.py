@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 import msgspec
 import orjson
@@ -32,6 +32,8 @@ from ._parse import PARSE_FAILURES, Control, bad_frame, levels
 from ._ws import Plan, Reconnect, WsProvider
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ._parse import Parsed
     from ._ws import Session
     from .base import Outlet
@@ -96,17 +98,34 @@ def _fast(raw: str | bytes, ts_recv: int, provider: str, unit: int) -> Parsed | 
     Trusts nothing: a frame the typed decoders or the checks here do not take
     in full returns None, and the general parser has the last word on it. The
     stream name (``{"stream":"btcusdt@trade",...``) picks the decoder: its last
-    three characters are ``ade`` for trades and ``ker`` for tickers.
+    three characters are ``ade`` for trades and ``ker`` for tickers. (A
+    :class:`StreamDecoder` for known streams skips this look.)
     """
     end = raw.find(_QUOTE[type(raw)], 11)  # type: ignore[arg-type]
     tail = raw[end - 3 : end]
     if tail == "ade" or tail == b"ade":
-        try:
-            d = _TRADE_DECODER.decode(raw).data
-            price = float(d.p)
-            qty = float(d.q)
-        except _DECODE_FAILURES:
-            return None
+        decoder = _TRADE_DECODER
+    elif tail == "ker" or tail == b"ker":
+        decoder = _TICKER_DECODER  # type: ignore[assignment]
+    else:
+        return None
+    try:
+        return _from_wire(decoder.decode(raw).data, ts_recv, provider, unit)
+    except _DECODE_FAILURES:
+        return None
+
+
+def _from_wire(
+    d: _WireTrade | _WireTicker, ts_recv: int, provider: str, unit: int
+) -> Parsed | None:
+    """The event of a typed-decoded payload; None if a check fails (the general parser decides).
+
+    Raises:
+        ValueError: a price or size is not a number.
+    """
+    if type(d) is _WireTrade:
+        price = float(d.p)
+        qty = float(d.q)
         trade_id = d.t if d.e == "trade" else d.a
         if not (0.0 < price < _INF and 0.0 <= qty < _INF) or trade_id is None or not d.s:
             return None
@@ -114,19 +133,52 @@ def _fast(raw: str | bytes, ts_recv: int, provider: str, unit: int) -> Parsed | 
         side: Side = "sell" if d.m else "buy"  # buyer is maker: the aggressor sold
         ts = None if t is None else t * unit
         return [TradeEvent(provider, d.s, ts, ts_recv, price, qty, side, str(trade_id))]
-    if tail == "ker" or tail == b"ker":
+    q: _WireTicker = d  # type: ignore[assignment]
+    bid, bid_qty, ask, ask_qty = float(q.b), float(q.B), float(q.a), float(q.A)
+    if not (0.0 <= bid < _INF and 0.0 <= ask < _INF and 0.0 <= bid_qty < _INF):
+        return None
+    if not (0.0 <= ask_qty < _INF) or not q.s:
+        return None
+    ts = None if q.T is None else q.T * unit
+    return [QuoteEvent(provider, q.s, ts, ts_recv, bid, bid_qty, ask, ask_qty)]
+
+
+class StreamDecoder:
+    """Decodes the trade and bookTicker frames of known combined streams in one call.
+
+    One msgspec tagged union over the connection's stream names (tag field
+    ``stream``): the decoder picks the payload type from the stream name in
+    C, so the frame is not inspected in Python first. Frames of other streams
+    (depth) or that fail a check go to the general parser, as with
+    :func:`parse` without a decoder.
+    """
+
+    def __init__(self, streams: Iterable[str]) -> None:
+        classes: list[type[msgspec.Struct]] = []
+        for i, name in enumerate(dict.fromkeys(streams)):
+            kind = name.rsplit("@", 1)[-1]
+            if kind in ("trade", "aggTrade"):
+                payload: type[msgspec.Struct] = _WireTrade
+            elif kind == "bookTicker":
+                payload = _WireTicker
+            else:
+                continue
+            classes.append(
+                msgspec.defstruct(
+                    f"_Frame{i}", [("data", payload)], tag_field="stream", tag=name, gc=False
+                )
+            )
+        self.streams = tuple(name for name in dict.fromkeys(streams))
+        self._decoder = msgspec.json.Decoder(Union[tuple(classes)]) if classes else None  # noqa: UP007
+
+    def parse(self, raw: str | bytes, ts_recv: int, provider: str, unit: int) -> Parsed | None:
+        """The frame's events, or None: not a frame of these streams (or a check failed)."""
+        if self._decoder is None:
+            return None
         try:
-            q = _TICKER_DECODER.decode(raw).data
-            bid, bid_qty, ask, ask_qty = float(q.b), float(q.B), float(q.a), float(q.A)
+            return _from_wire(self._decoder.decode(raw).data, ts_recv, provider, unit)
         except _DECODE_FAILURES:
             return None
-        if not (0.0 <= bid < _INF and 0.0 <= ask < _INF and 0.0 <= bid_qty < _INF):
-            return None
-        if not (0.0 <= ask_qty < _INF) or not q.s:
-            return None
-        ts = None if q.T is None else q.T * unit
-        return [QuoteEvent(provider, q.s, ts, ts_recv, bid, bid_qty, ask, ask_qty)]
-    return None
 
 
 def _time(msg: dict[str, Any], key: str, unit_ns: int) -> int | None:
@@ -261,6 +313,7 @@ def parse(
     *,
     stream: str | None = None,
     time_unit_ns: int = MILLISECONDS,
+    decoder: StreamDecoder | None = None,
 ) -> Parsed:
     """Turn one Binance frame into events and controls. Pure, no I/O.
 
@@ -272,6 +325,8 @@ def parse(
             one (partial depth frames carry no symbol); combined frames name it.
         time_unit_ns: ns per unit of the venue's times (ms, or µs with
             ``timeUnit=MICROSECOND``).
+        decoder: the connection's :class:`StreamDecoder` (faster for its
+            streams' trades and tickers; the result is the same).
 
     Returns:
         Events in wire order, or one :class:`Control` (acks, errors, shutdown,
@@ -280,7 +335,10 @@ def parse(
     Raises:
         ParseError: not JSON, or a known message with missing/bad fields.
     """
-    fast = _fast(raw, ts_recv, provider, time_unit_ns)
+    if decoder is not None:
+        fast = decoder.parse(raw, ts_recv, provider, time_unit_ns)
+    else:
+        fast = _fast(raw, ts_recv, provider, time_unit_ns)
     if fast is not None:
         return fast
     try:
@@ -334,6 +392,7 @@ class BinanceProvider(WsProvider):
         super().__init__(*args, **kwargs)
         self.books: BookKeeper | None = None
         self.snapshots: DepthSnapshotFetcher | None = None
+        self._decoders: dict[Plan, StreamDecoder] = {}
         if "book" in self.channels:
             self.books = BookKeeper(
                 self.name,
@@ -374,7 +433,10 @@ class BinanceProvider(WsProvider):
 
     def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
         """Combined-stream frames name their stream; ms times. Depth goes through the books."""
-        items = parse(raw, ts_recv, self.name)
+        decoder = self._decoders.get(session.plan)
+        if decoder is None:
+            decoder = self._decoders[session.plan] = StreamDecoder(session.plan.topics)
+        items = parse(raw, ts_recv, self.name, decoder=decoder)
         if self.books is not None and self.snapshots is not None:
             items, actions = feed_books(self.books, items, trio.current_time())
             for symbol, _ in actions:

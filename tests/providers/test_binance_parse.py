@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
 from mdd.providers._parse import Control
-from mdd.providers.binance import MICROSECONDS, parse, stream_names
+from mdd.providers.binance import MICROSECONDS, StreamDecoder, parse, stream_names
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -223,13 +223,33 @@ def test_fast_path_agrees_with_the_general_parser(
     general = _outcome(lambda: parse(data, RECV))  # raw /ws form: never the fast path
     assert _outcome(lambda: parse(combined, RECV)) == general
     assert _outcome(lambda: parse(combined.encode(), RECV)) == general
+    assert _outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
 
 
 @given(bid=_decimal, ask=_decimal, size=_decimal)
 def test_fast_ticker_agrees_with_the_general_parser(bid: str, ask: str, size: str) -> None:
     data = f'{{"u":400900217,"s":"BNBUSDT","b":"{bid}","B":"{size}","a":"{ask}","A":"1.5"}}'
     combined = '{"stream":"bnbusdt@bookTicker","data":' + data + "}"
-    assert _outcome(lambda: parse(combined, RECV)) == _outcome(lambda: parse(data, RECV))
+    general = _outcome(lambda: parse(data, RECV))
+    assert _outcome(lambda: parse(combined, RECV)) == general
+    assert _outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
+
+
+DECODER = StreamDecoder(
+    ["btcusdt@trade", "btcusdt@aggTrade", "bnbusdt@bookTicker", "btcusdt@depth@100ms"]
+)
+
+
+def test_stream_decoder_leaves_other_streams_to_the_general_parser() -> None:
+    frame = FRAMES["trade_buyer_maker"]
+    assert parse(frame, RECV, decoder=DECODER) == parse(frame, RECV)
+    other = '{"stream":"ethusdt@trade","data":{"e":"trade","E":1,"s":"ETHUSDT","t":5,'
+    other += '"p":"1.5","q":"2","T":1,"m":false,"M":true}}'
+    assert DECODER.parse(other, RECV, "bn", 1) is None  # not one of its streams
+    (event,) = parse(other, RECV, decoder=DECODER)
+    assert isinstance(event, TradeEvent)
+    assert event.side == "buy"
+    assert StreamDecoder(["btcusdt@depth"]).parse(other, RECV, "bn", 1) is None
 
 
 def _outcome(call: Callable[[], object]) -> object:
