@@ -179,6 +179,15 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
+#: The nats-py client internals :meth:`NatsSink._publish_core` relies on
+#: (checked per client; nats-py is pinned in requirements.lock).
+_RAW_ATTRS: Final = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue")
+
+
+def _raw_capable(nc: Any) -> bool:
+    return nc is not None and all(hasattr(nc, name) for name in _RAW_ATTRS)
+
+
 def msg_id(event: Event) -> str:
     """The stable ``Nats-Msg-Id`` of an event (JetStream de-duplication key)."""
     if event.type == "trade":
@@ -290,6 +299,9 @@ class NatsSink:
         self.batch_size = batch_size
         self.batch_interval = batch_interval
         self.ack_timeout = ack_timeout
+        #: Core NATS: hand whole PUB blocks to nats-py's buffer (see _publish_core);
+        #: False, or a nats-py without those internals, publishes message by message.
+        self.raw_publish = True
         self.health = SinkHealth(self.name)
         self.nc: Any = None
         self._js: Any = None
@@ -485,9 +497,12 @@ class NatsSink:
         if self.jetstream:
             msgs = self.encode(batch)
             publish = trio_asyncio.aio_as_trio(self._aio_publish_js)
-        else:
+        elif self.raw_publish and _raw_capable(self.nc):
             msgs = self.pub_block(batch)
             publish = self._publish_core
+        else:
+            msgs = self.encode(batch)
+            publish = trio_asyncio.aio_as_trio(self._aio_publish_each)
         while True:
             nc = self.nc
             if nc is None or nc.is_closed:
@@ -516,6 +531,17 @@ class NatsSink:
         self._up()
         self.published += len(batch)
         NATS_PUBLISHED.inc(len(batch))
+
+    async def _aio_publish_each(self, msgs: list[Message]) -> None:
+        """asyncio side, the public API: ``publish`` per message (a nats-py without the
+        internals :meth:`_publish_core` uses, or ``raw_publish=False``)."""
+        nc = self.nc
+        for subject, payload, _headers in msgs:
+            await nc.publish(subject, payload)
+        now = asyncio.get_running_loop().time()  # trio-asyncio: the trio clock
+        if now - self._last_flush >= FLUSH_INTERVAL:
+            self._last_flush = now
+            await nc.flush(timeout=self.ack_timeout)
 
     async def _publish_core(self, block: bytes) -> None:
         """Hand a batch's PUB block to nats-py; confirm with a flush at most every FLUSH_INTERVAL.

@@ -59,7 +59,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_subjects_and_payloads(nats_server_session: NatsServer) -> None:
+@pytest.mark.parametrize("raw_publish", [True, False], ids=["pub-blocks", "publish-each"])
+async def test_subjects_and_payloads(nats_server_session: NatsServer, raw_publish: bool) -> None:
     prefix = unique("t.subj")
     events = [
         trade(1),
@@ -79,6 +80,7 @@ async def test_subjects_and_payloads(nats_server_session: NatsServer) -> None:
         bus = Bus()
         inbox = bus.add_sink("nats", 100)
         sink = NatsSink(nats_server_session.url, subject_prefix=prefix)
+        sink.raw_publish = raw_publish
         async with trio.open_nursery() as nursery:
             await nursery.start(sink_runner(sink), inbox, SinkHealth("nats"))
             for e in events:
@@ -356,3 +358,10 @@ async def test_daemon_publishes_through_the_configured_sink(
         nc = await connect(nats_server_session.url)
         assert await stream_count(nc, stream) == daemon.bus.published
         await trio_asyncio.aio_as_trio(nc.close)()
+
+
+def test_pinned_nats_py_has_the_internals_pub_blocks_use() -> None:
+    # A nats-py upgrade that drops them would silently fall back to publish-each.
+    from mdd.sinks.nats import _raw_capable
+
+    assert _raw_capable(NatsClient())
