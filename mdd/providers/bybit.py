@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+import msgspec
 import orjson
 import trio
 
@@ -50,6 +51,71 @@ def _ms(value: Any) -> int:
     if type(value) is not int:
         raise TypeError(f"time must be an integer, got {value!r}")
     return value * _MS
+
+
+class _WireTrade(msgspec.Struct, gc=False):
+    """One fill of a ``publicTrade`` frame as it comes (prices and sizes are strings)."""
+
+    s: str
+    S: Literal["Buy", "Sell"]
+    p: str
+    v: str
+    i: str | int
+    T: int | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class _TradeFrame(msgspec.Struct, gc=False):
+    topic: str
+    data: list[_WireTrade]
+    ts: int | None = None
+
+
+# Strict typed decoding of the hot frames; anything it or the checks in
+# _fast_trades do not take goes to the general parser, which names the problem.
+_TRADE_DECODER: Final = msgspec.json.Decoder(_TradeFrame)
+_DECODE_FAILURES: Final = (msgspec.ValidationError, msgspec.DecodeError, ValueError)
+_TRADE_PREFIX: Final = '{"topic":"publicTrade.'
+_TRADE_BPREFIX: Final = b'{"topic":"publicTrade.'
+
+
+def _fast_trades(raw: str | bytes, ts_recv: int, provider: str) -> Parsed | None:
+    """A ``publicTrade`` frame typed-decoded; None: not one, or a check failed.
+
+    Frames start with their topic (``{"topic":"publicTrade.BTCUSDT",...``),
+    which picks this path for the price of one ``startswith``.
+    """
+    if type(raw) is str:
+        if not raw.startswith(_TRADE_PREFIX):
+            return None
+    elif not raw.startswith(_TRADE_BPREFIX):  # type: ignore[arg-type]
+        return None
+    try:
+        frame = _TRADE_DECODER.decode(raw)
+        out: Parsed = []
+        append = out.append
+        frame_ts = frame.ts
+        for item in frame.data:
+            price = float(item.p)
+            qty = float(item.v)
+            if not (0.0 < price < _INF and 0.0 <= qty < _INF) or not item.s:
+                return None
+            t = frame_ts if item.T is msgspec.UNSET else item.T
+            side: Side = "buy" if item.S == "Buy" else "sell"
+            append(
+                TradeEvent(
+                    provider,
+                    item.s,
+                    None if t is None else t * _MS,
+                    ts_recv,
+                    price,
+                    qty,
+                    side,
+                    str(item.i),
+                )
+            )
+    except _DECODE_FAILURES:
+        return None
+    return out
 
 
 def _trades(msg: dict[str, Any], ts_recv: int, provider: str) -> Parsed:
@@ -190,6 +256,9 @@ def parse(
     Raises:
         ParseError: not JSON, or a known message with missing/bad fields.
     """
+    fast = _fast_trades(raw, ts_recv, provider)
+    if fast is not None:
+        return fast
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

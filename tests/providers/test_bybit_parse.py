@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
@@ -186,3 +189,60 @@ def test_topics_and_at_most_ten_args_per_request() -> None:
     assert [len(r["args"]) for r in requests] == [10, 2]
     assert [r["req_id"] for r in requests] == ["1", "2"]
     assert all(r["op"] == "subscribe" for r in requests)
+
+
+# The typed fast path for publicTrade frames must agree with the general parser
+# on everything, refusals included. The general path is reached by putting a key
+# before "topic" (the fast path only takes frames that start with their topic).
+_decimal = st.one_of(
+    st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False).map(lambda d: f"{d:f}"),
+    st.sampled_from(["0", "-1", "nan", "inf", "", "x"]),
+)
+_fill = st.fixed_dictionaries(
+    {
+        "s": st.sampled_from(["BTCUSDT", "", 5]),
+        "S": st.sampled_from(["Buy", "Sell", "buy", None]),
+        "v": _decimal,
+        "p": _decimal,
+        "i": st.sampled_from(["20f43950-d8dd", 123, 1.5, None, True]),
+        "BT": st.booleans(),
+    },
+    optional={"T": st.sampled_from([1672304486865, None, "1672304486865", False])},
+)
+
+
+@given(
+    fills=st.lists(_fill, max_size=4),
+    frame_ts=st.sampled_from([1672304486868, None]),
+)
+def test_fast_trades_agree_with_the_general_parser(
+    fills: list[dict[str, object]], frame_ts: int | None
+) -> None:
+    body = {"type": "snapshot", "data": fills}
+    if frame_ts is not None:
+        body["ts"] = frame_ts
+    fast = orjson.dumps({"topic": "publicTrade.BTCUSDT", **body})
+    general = orjson.dumps({"type": "snapshot", "topic": "publicTrade.BTCUSDT", **body})
+    assert fast.startswith(b'{"topic":"publicTrade.')
+    expected = _outcome(lambda: parse(general, RECV, "by"))
+    assert _outcome(lambda: parse(fast, RECV, "by")) == expected
+    assert _outcome(lambda: parse(fast.decode(), RECV, "by")) == expected
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except ParseError:
+        return ParseError
+
+
+@pytest.mark.parametrize("case", ["trade_multi", "trade_sell"])
+def test_valid_trade_frames_take_the_fast_path(case: str) -> None:
+    from mdd.providers.bybit import _fast_trades
+
+    raw = FRAMES[case]
+    fast = _fast_trades(raw, RECV, "by")
+    assert fast  # decoded by the typed path, not handed on
+    assert all(isinstance(e, TradeEvent) for e in fast)
+    general = parse(raw.replace('{"topic"', '{"x":1,"topic"', 1), RECV, "by")
+    assert fast == general
