@@ -3,8 +3,9 @@
 One process tree: :mod:`mdd.bench_blaster` in a child process writes real
 venue trade frames on a loopback WebSocket as fast as the client reads (or at
 ``--rate``); this process runs the hot path exactly as a provider does --
-transport ``get_messages`` -> the venue's pure ``parse`` -> ``Bus.publish`` --
-and the chosen sinks, each driven by its usual runner from its bus lane.
+transport ``get_messages`` -> the venue's pure ``parse`` -> the feed gate and
+``Bus.publish`` -- and the chosen sinks, each driven by its usual runner from
+its bus lane.
 
 Where the time goes is measured without per-event clock reads in the sinks:
 
@@ -362,7 +363,11 @@ async def _reader(
     """The hot loop of :meth:`mdd.providers._ws.WsProvider._receive`, with stage clocks."""
     perf = time.perf_counter_ns
     clock = time.time_ns
-    publish = bus.publish
+    # Through the active provider's feed gate, as in the daemon (dedup memory
+    # for failover, pass counts), then the bus: the "bus" stage is both.
+    from .supervisor import FeedGate
+
+    publish = FeedGate(bus, "bench", active=True).publish
     has_blocking = any(lane.policy == "block" for lane in bus.lanes)
     events = frames = parse_ns = bus_ns = 0
     run.first_ns = perf()

@@ -324,7 +324,7 @@ class FailoverSupervisor(FeedSupervisor):
         if previous is not None:
             old = self.runners[previous]
             if self.venues[previous] == self.venues[to]:
-                new_gate.dedup.open(old.gate.recent, now + SWITCH_WINDOW)
+                new_gate.dedup.open(old.gate.recent_keys(), now + SWITCH_WINDOW)
             if new_gate.standby is not None:
                 replay = new_gate.take_standby(old.health.last_data)
         self.activate(to, reason)

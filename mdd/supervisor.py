@@ -142,7 +142,8 @@ class FeedGate:
         self.held = 0
         self.replayed = 0
         self.last: Event | None = None
-        self.recent: collections.deque[tuple[str, str]] = collections.deque(maxlen=RECENT_TRADES)
+        # The last trades passed (not their keys: no tuple per event on the hot path).
+        self.recent: collections.deque[TradeEvent] = collections.deque(maxlen=RECENT_TRADES)
         self.dedup = DedupWindow()
         self.standby: collections.deque[tuple[float, TradeEvent]] | None = (
             collections.deque(maxlen=STANDBY_BUFFER) if buffer_standby else None
@@ -153,10 +154,11 @@ class FeedGate:
         self.last = event
         if self.active:
             if type(event) is TradeEvent:
-                key = (event.symbol, event.trade_id)
-                if self.dedup.keys is not None and self.dedup.is_duplicate(key):
+                if self.dedup.keys is not None and self.dedup.is_duplicate(
+                    (event.symbol, event.trade_id)
+                ):
                     return
-                self.recent.append(key)
+                self.recent.append(event)
             self.passed += 1
             self.bus.publish(event)
         else:
@@ -172,6 +174,10 @@ class FeedGate:
     async def wait_for_room(self) -> None:
         """Wait for blocking sinks to catch up."""
         await self.bus.wait_for_room()
+
+    def recent_keys(self) -> list[tuple[str, str]]:
+        """``(symbol, trade_id)`` of the last trades passed (what the next switch dedups)."""
+        return [(e.symbol, e.trade_id) for e in self.recent]
 
     def trim_standby(self, older_than: float) -> None:
         """Forget buffered standby trades received before trio time ``older_than``."""

@@ -138,7 +138,7 @@ async def test_gate_dedups_the_overlap_of_a_same_venue_switch(
     assert new.held == 10
     # The switch: the old gate closes, the new one refuses what the old one published.
     old.active = False
-    new.dedup.open(old.recent, trio.current_time() + 30)
+    new.dedup.open(old.recent_keys(), trio.current_time() + 30)
     new.active = True
     for i in range(8, 16):
         new.publish(trade(i, "b"))
