@@ -52,9 +52,42 @@ class JsonlSink:
     async def open(self) -> None:
         """Open (append) the file, creating its directory."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cut_torn_tail()
         self._fh = open(self.path, "ab")  # noqa: ASYNC230 - local file, inline by design
         self._size = self._fh.tell()
         LOGGER.info("sink.jsonl.open path=%s size=%d", self.path, self._size)
+
+    def _cut_torn_tail(self) -> None:
+        """Cut a partial last line (a crash mid-write) so appended lines start clean.
+
+        Without this the first line of the next run would be glued to the
+        fragment, and both lost to any reader.
+        """
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                fh.seek(start)
+                chunk = fh.read(end - start)
+                if end == size and chunk.endswith(b"\n"):
+                    return  # the file ends cleanly
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            fh.truncate(end)
+        LOGGER.warning(
+            "sink.jsonl.torn_tail_cut path=%s bytes=%d (a partial last line, e.g. after kill -9)",
+            self.path,
+            size - end,
+        )
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Append one line per event, rotating first if the file is full."""
