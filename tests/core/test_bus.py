@@ -175,6 +175,38 @@ async def test_receive_batch_waits_up_to_max_wait(autojump_clock: trio.testing.M
         assert trio.current_time() - start == pytest.approx(0.12)
 
 
+async def test_a_collecting_receiver_returns_once_its_batch_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    lane = bus.add_sink("s", 100)
+    wakes = 0
+    original = lane._wake
+
+    def counted() -> None:
+        nonlocal wakes
+        wakes += 1
+        original()
+
+    lane._wake = counted  # type: ignore[method-assign]
+
+    async def trickle() -> None:
+        for i in range(8):
+            bus.publish(trade(i))
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        start = trio.current_time()
+        batch = await lane.receive_batch(5, max_wait=10.0)
+        # Full at the fifth event (t=0.04), long before the window ends.
+        assert [e.trade_id for e in batch] == ["0", "1", "2", "3", "4"]
+        assert trio.current_time() - start == pytest.approx(0.04)
+        # One wake for the first event, one when the batch could be full:
+        # not one per event.
+        assert wakes == 2
+
+
 def test_stats_snapshot_and_backpressure_state() -> None:
     bus = Bus()
     lane = bus.add_sink("s", 10)
