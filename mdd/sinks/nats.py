@@ -73,6 +73,10 @@ RECONNECT_WAIT: Final = 0.5
 FLUSH_INTERVAL: Final = 0.1
 #: Seconds to wait for a flush (core) or for a batch's acks (JetStream).
 ACK_TIMEOUT: Final = 5.0
+#: Seconds one JetStream API request (stream info, stream create) may take before
+#: it is asked again: during a stream leader election the API does not answer,
+#: and a short wait with quick retries resumes sooner than one long wait.
+STREAM_API_TIMEOUT: Final = 2.0
 #: Seconds allowed for closing the connection on shutdown.
 CLOSE_TIMEOUT: Final = 2.0
 
@@ -158,6 +162,16 @@ class JetStreamUnavailable(SinkError):
             f"JetStream is not available on {url} ({detail}): start the server with "
             "JetStream enabled (`nats-server -js`, or `jetstream {}` in its config), "
             "or set [sinks.nats] jetstream = false"
+        )
+
+
+class JetStreamTimeout(SinkError):
+    """The JetStream API did not answer in time: a leader election, or an overloaded server."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(
+            f"the JetStream API on {url} did not answer within {seconds:g}s "
+            "(a stream leader election, or an overloaded server); retrying"
         )
 
 
@@ -304,7 +318,6 @@ class NatsSink:
         self.raw_publish = True
         self.health = SinkHealth(self.name)
         self.nc: Any = None
-        self._js: Any = None
         self._stream_ready = False
         self._subjects: dict[tuple[str, str], str] = {}
         self._pub_heads = _PubHeads(self.subject_for)
@@ -390,7 +403,7 @@ class NatsSink:
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
             raise JetStreamUnavailable(self.safe_url, type(exc).__name__) from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
-            raise JetStreamUnavailable(self.safe_url, "no reply from the JetStream API") from exc
+            raise JetStreamTimeout(self.safe_url, self._api_timeout()) from exc
         self._stream_ready = True
         LOGGER.info(
             "sink.nats.stream stream=%s subjects=%s.> created=%s duplicate_window=%.0fs "
@@ -402,10 +415,12 @@ class NatsSink:
             self.replicas,
         )
 
+    def _api_timeout(self) -> float:
+        return min(self.ack_timeout, STREAM_API_TIMEOUT)
+
     async def _aio_ensure_stream(self) -> bool:
         """asyncio side: the stream exists afterwards; True if it was created."""
-        js = self.nc.jetstream(timeout=self.ack_timeout)
-        self._js = js
+        js = self.nc.jetstream(timeout=self._api_timeout())
         if self._acks is None or self._acks.nc is not self.nc:
             self._acks = _AckInbox(self.nc)
             await self._acks.start()
@@ -513,7 +528,12 @@ class NatsSink:
                 await trio.sleep(RECONNECT_POLL)
                 continue
             if self.jetstream and not self._stream_ready:
-                await self._ensure_stream()
+                try:
+                    await self._ensure_stream()
+                except JetStreamTimeout as exc:
+                    self._down(str(exc))  # an outage, as a dropped connection is
+                    await trio.sleep(RECONNECT_POLL)
+                    continue
             try:
                 await publish(msgs)
             except nats.js.errors.NoStreamResponseError:
