@@ -119,6 +119,10 @@ def daemon_document(
     }
 
 
+#: Tries of the final read of the stream (a JetStream API timeout is retried).
+READ_ATTEMPTS: Final = 5
+
+
 class _Stats:
     """The demo's own NATS client: stream counts and the final read (asyncio side)."""
 
@@ -166,7 +170,26 @@ class _Stats:
         return info.cluster.leader if info.cluster else None
 
     async def trades(self) -> list[tuple[str, str]]:
-        """``(symbol, trade_id)`` of every stored trade, read with an ephemeral pull consumer."""
+        """``(symbol, trade_id)`` of every stored trade, read with an ephemeral pull consumer.
+
+        Asked again (up to :data:`READ_ATTEMPTS` times) when the JetStream API
+        times out: after a node kill the stream or the meta group may still be
+        electing a leader, and the read would fail though nothing is wrong.
+        """
+        import nats.errors
+        import nats.js.errors
+
+        transient = (TimeoutError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self._read_trades()
+            except transient:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                await trio.sleep(1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_trades(self) -> list[tuple[str, str]]:
         import orjson
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -399,7 +422,11 @@ async def _storyline(
         )
         if settle_until is None and venue_stopped:
             settle_until = t + SETTLE
-        if venue_stopped and (stored == sent or (settle_until is not None and t >= settle_until)):
+        # Settled: every sent trade stored, and the consumers caught up with the
+        # stream (their JetStream subscription resumes after a node kill too).
+        consumed = consumers[0].consumed["trade"] + consumers[1].consumed["trade"]
+        settled = stored == sent and consumed >= sent
+        if venue_stopped and (settled or (settle_until is not None and t >= settle_until)):
             break
     trades = await stats.trades()
     sent_set = set(sim.sent_trades)
