@@ -203,6 +203,9 @@ class NatsSinkConfig:
     #: Replicas of the stream when the sink creates it (3 on a 3-node cluster).
     replicas: int = attrs.field(default=1, validator=positive)
     batch_size: int = attrs.field(default=500, validator=positive)
+    #: Seconds to wait for a batch's JetStream acks (or a core flush) before it
+    #: is sent again; also how long a dead stream leader stalls publishing.
+    ack_timeout: float = attrs.field(default=5.0, validator=positive)
 
 
 @attrs.frozen

@@ -66,6 +66,7 @@ def _nats(config: Config, section: Any) -> Sink:
         duplicate_window=section.duplicate_window,
         replicas=section.replicas,
         batch_size=section.batch_size,
+        ack_timeout=section.ack_timeout,
     )
 
 

@@ -172,6 +172,7 @@ def test_provider_without_table_gets_defaults(tmp_path: Path) -> None:
         ("[sinks.sqlite]\npolicy = 'drop'\n", "sinks.sqlite.policy", "'tiered', 'block'"),
         ("[sinks.kafka]\n", "sinks.kafka", "unknown key"),
         ("[sinks.log]\nsample_every = 0\n", "sinks.log.sample_every", "must be > 0"),
+        ("[sinks.nats]\nack_timeout = 0\n", "sinks.nats.ack_timeout", "must be > 0"),
         ("feeds = 3\n", "feeds", "array"),
     ],
 )
@@ -298,3 +299,13 @@ def test_provider_kind_must_be_a_string(tmp_path: Path, kind: str) -> None:
         load(tmp_path, f"[providers.bybit]\nkind = {kind}\n")
     assert info.value.key == "providers.bybit.kind"
     assert "expected a string" in info.value.problem
+
+
+def test_nats_ack_timeout_reaches_the_sink(tmp_path: Path) -> None:
+    from mdd.sinks import SINK_FACTORIES
+
+    env = {"NATS_ENABLED": "true", "MDD_SINKS__NATS__ACK_TIMEOUT": "1.5"}
+    cfg = load(tmp_path, GOOD, env=env)
+    section = cfg.sinks.enabled()["nats"]
+    assert section.ack_timeout == 1.5
+    assert SINK_FACTORIES["nats"](cfg, section).ack_timeout == 1.5  # type: ignore[attr-defined]
