@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 #: Symbol used for daemon-wide events (system heartbeats).
 SYSTEM_SYMBOL: Final = "__system__"
 
-#: Allowed aggressor sides; None where the venue does not say (Alpaca stocks).
-SIDES: Final = frozenset({"buy", "sell"})
-
 #: StatusEvent.status values and what they mean.
 STATUS_KINDS: Final = frozenset(
     {

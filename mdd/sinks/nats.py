@@ -3,13 +3,13 @@
 asyncio is fenced off here. :meth:`NatsSink.run` opens the one
 ``trio_asyncio.open_loop()`` of the process and drives the sink with
 :func:`~mdd.sinks.base.run_sink` inside it, so ``open``/``write``/``close``
-can call into nats-py. Each batch crosses the trio -> asyncio bridge once.
-Core NATS: the batch is framed as one block of ``PUB`` commands on the trio
-side and handed to the client's write buffer in one piece (nats-py's
-``publish`` costs several µs per message in Python, most of it waking its
-flusher once per message); JetStream: an asyncio coroutine publishes the batch
-and awaits every ack. Per-message crossings top out near 8k msg/s; one
-crossing per batch is ~70x faster (see the README figures).
+can call into nats-py. Core NATS: the batch is framed as one block of ``PUB``
+commands on the trio side and put in the client's write buffer in one piece,
+with no bridge crossing (nats-py's ``publish`` costs several µs per message in
+Python, most of it waking its flusher once per message); only the periodic
+confirming flush crosses. JetStream: each batch crosses the bridge once, and an
+asyncio coroutine publishes it and awaits every ack. Per-message crossings top
+out near 8k msg/s; one crossing per batch is ~70x faster (see the README figures).
 Server refusals (not connection trouble) raise :class:`NatsPublishError` to the
 runner, which logs each attempt and backs off.
 

@@ -159,8 +159,9 @@ async def test_refused_port_and_bad_url_are_connect_failures() -> None:
             await PicowsTransport().connect(nursery, "http://127.0.0.1:1/")
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["get_message", "get_messages"])
 async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
     import orjson
 
@@ -170,6 +171,8 @@ async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
     monkeypatch.setattr(_picows, "HIGH_WATER", 50)
     monkeypatch.setattr(_picows, "LOW_WATER", 10)
     n = 3000
+    ids: list[int] = []
+    sizes: list[int] = []
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
@@ -179,49 +182,20 @@ async def test_reading_pauses_when_the_reader_lags_and_nothing_is_lost(
                 conn = await PicowsTransport().connect(conn_nursery, f"ws://127.0.0.1:{port}/")
                 await _until(lambda: conn.paused)  # the reader has not read: reads pause
                 assert len(conn.queue) <= 50 + 2000  # at most one socket read past the mark
-                ids = []
-                for _ in range(n):
-                    frame = orjson.loads(await conn.get_message())
-                    ids.append(frame["data"]["t"])
-                assert not conn.paused
-                await conn.aclose()
-            nursery.cancel_scope.cancel()
-    assert ids == list(range(1, n + 1))
-
-
-async def test_batch_reads_return_every_frame_in_order_then_report_the_close(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import orjson
-
-    from mdd import bench_blaster
-    from mdd.providers import _picows
-
-    monkeypatch.setattr(_picows, "HIGH_WATER", 50)
-    monkeypatch.setattr(_picows, "LOW_WATER", 10)
-    n = 3000
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                partial(bench_blaster.serve, "binance", ["BTCUSDT"], events=n)
-            )
-            async with trio.open_nursery() as conn_nursery:
-                conn = await PicowsTransport().connect(conn_nursery, f"ws://127.0.0.1:{port}/")
-                await _until(lambda: conn.paused)  # paused reads resume as batches drain
-                ids: list[int] = []
-                sizes: list[int] = []
                 while len(ids) < n:
-                    batch = await conn.get_messages()
+                    batch = await conn.get_messages() if batched else [await conn.get_message()]
                     sizes.append(len(batch))
                     ids.extend(orjson.loads(raw)["data"]["t"] for raw in batch)
-                assert not conn.paused
-                assert max(sizes) <= _picows.BATCH_FRAMES
-                assert max(sizes) > 1  # frames of one socket read come together
+                assert not conn.paused  # reads resumed as the queue drained
                 await conn.aclose()
-                with pytest.raises(ConnectionLost):
-                    await conn.get_messages()
+                if batched:
+                    with pytest.raises(ConnectionLost):
+                        await conn.get_messages()
             nursery.cancel_scope.cancel()
     assert ids == list(range(1, n + 1))
+    if batched:
+        assert max(sizes) <= _picows.BATCH_FRAMES
+        assert max(sizes) > 1  # frames of one socket read come together
 
 
 async def test_bybit_over_picows_sends_its_json_pings() -> None:

@@ -10,6 +10,7 @@ import trio
 
 from mdd.bus import Bus
 from mdd.config import ProviderConfig
+from mdd.errors import ParseError
 from mdd.events import Event, StatusEvent
 from mdd.health import ProviderHealth
 from mdd.supervisor import FeedGate
@@ -55,3 +56,11 @@ async def until(predicate: Callable[[], bool], step: float = 0.05) -> None:
     """Poll ``predicate`` (callers cap the wait with ``trio.fail_after``)."""
     while not predicate():  # noqa: ASYNC110 - polling plain attributes of live objects
         await trio.sleep(step)
+
+
+def outcome(call: Callable[[], object]) -> object:
+    """What a parse call gives: its result, or ``ParseError`` (for comparing two paths)."""
+    try:
+        return call()
+    except ParseError:
+        return ParseError

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prov_rig import outcome
 
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
@@ -220,19 +220,19 @@ def test_fast_path_agrees_with_the_general_parser(
         fields.append(f'"T":{trade_time}')
     data = "{" + ",".join(fields) + "}"
     combined = '{"stream":"btcusdt@' + kind + '","data":' + data + "}"
-    general = _outcome(lambda: parse(data, RECV))  # raw /ws form: never the fast path
-    assert _outcome(lambda: parse(combined, RECV)) == general
-    assert _outcome(lambda: parse(combined.encode(), RECV)) == general
-    assert _outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
+    general = outcome(lambda: parse(data, RECV))  # raw /ws form: never the fast path
+    assert outcome(lambda: parse(combined, RECV)) == general
+    assert outcome(lambda: parse(combined.encode(), RECV)) == general
+    assert outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
 
 
 @given(bid=_decimal, ask=_decimal, size=_decimal)
 def test_fast_ticker_agrees_with_the_general_parser(bid: str, ask: str, size: str) -> None:
     data = f'{{"u":400900217,"s":"BNBUSDT","b":"{bid}","B":"{size}","a":"{ask}","A":"1.5"}}'
     combined = '{"stream":"bnbusdt@bookTicker","data":' + data + "}"
-    general = _outcome(lambda: parse(data, RECV))
-    assert _outcome(lambda: parse(combined, RECV)) == general
-    assert _outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
+    general = outcome(lambda: parse(data, RECV))
+    assert outcome(lambda: parse(combined, RECV)) == general
+    assert outcome(lambda: parse(combined, RECV, decoder=DECODER)) == general
 
 
 DECODER = StreamDecoder(
@@ -250,10 +250,3 @@ def test_stream_decoder_leaves_other_streams_to_the_general_parser() -> None:
     assert isinstance(event, TradeEvent)
     assert event.side == "buy"
     assert StreamDecoder(["btcusdt@depth"]).parse(other, RECV, "bn", 1) is None
-
-
-def _outcome(call: Callable[[], object]) -> object:
-    try:
-        return call()
-    except ParseError:
-        return ParseError

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prov_rig import outcome
 
 from mdd.errors import ParseError
 from mdd.events import BookEvent, QuoteEvent, TradeEvent
@@ -224,16 +224,9 @@ def test_fast_trades_agree_with_the_general_parser(
     fast = orjson.dumps({"topic": "publicTrade.BTCUSDT", **body})
     general = orjson.dumps({"type": "snapshot", "topic": "publicTrade.BTCUSDT", **body})
     assert fast.startswith(b'{"topic":"publicTrade.')
-    expected = _outcome(lambda: parse(general, RECV, "by"))
-    assert _outcome(lambda: parse(fast, RECV, "by")) == expected
-    assert _outcome(lambda: parse(fast.decode(), RECV, "by")) == expected
-
-
-def _outcome(call: Callable[[], object]) -> object:
-    try:
-        return call()
-    except ParseError:
-        return ParseError
+    expected = outcome(lambda: parse(general, RECV, "by"))
+    assert outcome(lambda: parse(fast, RECV, "by")) == expected
+    assert outcome(lambda: parse(fast.decode(), RECV, "by")) == expected
 
 
 @pytest.mark.parametrize("case", ["trade_multi", "trade_sell"])
