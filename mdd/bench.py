@@ -768,6 +768,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--consumer", action="store_true", help="benchmark the consumer features")
     p.add_argument("--book", action="store_true", help="benchmark the L2 book engine")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time DESIGN.md's reference steps here (how fast this machine is), ~5 s",
+    )
     p.set_defaults(func=_cmd_bench)
 
 
@@ -783,7 +788,13 @@ def _sinks_arg(text: str) -> tuple[str, ...]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     try:
-        if args.book:
+        if args.calibrate:
+            from .bench_calibrate import calibrate, format_calibration
+
+            cal = calibrate()
+            reports.append(cal)
+            print(format_calibration(cal))
+        elif args.book:
             from .books import bench_book
 
             n = args.events or 200_000
