@@ -52,7 +52,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UNIQUE(provider, symbol, trade_id)
     );
     CREATE INDEX trades_symbol_ts ON trades(symbol, ts_recv);
-    CREATE INDEX trades_ts ON trades(ts_recv);
+    CREATE INDEX trades_ts ON trades(ts_recv);  -- dropped in 2
 
     CREATE TABLE quotes(
         provider TEXT NOT NULL,
@@ -65,7 +65,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ask_qty REAL NOT NULL
     );
     CREATE INDEX quotes_symbol_ts ON quotes(symbol, ts_recv);
-    CREATE INDEX quotes_ts ON quotes(ts_recv);
+    CREATE INDEX quotes_ts ON quotes(ts_recv);  -- dropped in 2
 
     CREATE TABLE books(
         provider TEXT NOT NULL,
@@ -89,6 +89,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         detail TEXT NOT NULL
     );
     CREATE INDEX status_ts ON status(ts_recv);
+    """,
+    # 2: no (ts_recv) index on the two hot tables. Each index costs ~0.85 µs per
+    # inserted row here (a sixth of SQLite's cost); retention walks rows in
+    # insertion order instead, and per-symbol reads keep (symbol, ts_recv).
+    """
+    DROP INDEX IF EXISTS trades_ts;
+    DROP INDEX IF EXISTS quotes_ts;
     """,
 )
 

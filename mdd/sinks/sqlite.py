@@ -65,6 +65,12 @@ CHECKPOINT_EVERY: Final = 0.25
 STEP_ROWS: Final = 25
 STEP_TIME: Final = 0.0002
 
+# Retention: the rows older than the cutoff ?1 among the oldest ?2 rows in rowid
+# (insertion) order. Reads at most ?2 rows, index or not.
+_RETAIN: Final = (
+    "DELETE FROM {table} WHERE rowid IN (SELECT id FROM "
+    "(SELECT rowid AS id, ts_recv FROM {table} ORDER BY rowid LIMIT ?2) WHERE ts_recv < ?1)"
+)
 _INSERT_TRADE: Final = (
     "INSERT OR IGNORE INTO trades"
     "(provider, symbol, ts_exchange, ts_recv, price, qty, side, trade_id)"
@@ -424,13 +430,20 @@ class SqliteSink:
             SQLITE_ERRORS.labels(error_kind(exc)).inc()
             LOGGER.error("sink.sqlite.retention_failed path=%s error=%r", self.path, str(exc))
             return
-        if deleted >= RETENTION_CHUNK:
-            self._next_retention = now  # more to delete: sweep again after the next batch
+        if deleted >= RETENTION_CHUNK // 2:
+            self._next_retention = now  # more may be left: sweep again after the next batch
 
     def retain(self, cutoff_ns: int) -> int:
         """Delete up to :data:`RETENTION_CHUNK` rows per table older than ``cutoff_ns``.
 
-        Returns the most rows deleted from one table (== the chunk: call again).
+        Each sweep looks at the oldest :data:`RETENTION_CHUNK` rows in
+        insertion (rowid) order and deletes those older than the cutoff:
+        ``ts_recv`` grows with insertion, so old rows are found without a
+        ``(ts_recv)`` index (the hot tables have none; see
+        :data:`storage.MIGRATIONS`). A row stored with an old ``ts_recv``
+        behind a chunk of younger rows waits until they are old too.
+
+        Returns the most rows deleted from one table (near the chunk: call again).
         """
         conn = self.conn
         assert conn is not None
@@ -438,11 +451,7 @@ class SqliteSink:
         for table in storage.TABLES:
             with conn:
                 before = conn.total_changes()
-                conn.execute(
-                    f"DELETE FROM {table} WHERE rowid IN "
-                    f"(SELECT rowid FROM {table} WHERE ts_recv < ? LIMIT ?)",
-                    (cutoff_ns, RETENTION_CHUNK),
-                )
+                conn.execute(_RETAIN.format(table=table), (cutoff_ns, RETENTION_CHUNK))
                 deleted = conn.total_changes() - before
             if deleted:
                 self.retained += deleted

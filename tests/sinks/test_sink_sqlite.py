@@ -85,7 +85,8 @@ async def test_schema_migrations(tmp_path: Path) -> None:
     assert storage.schema_version(conn) == storage.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"trades_symbol_ts", "trades_ts", "quotes_symbol_ts"} <= names
+    assert {"trades_symbol_ts", "quotes_symbol_ts", "books_ts", "status_ts"} <= names
+    assert not {"trades_ts", "quotes_ts"} & names  # dropped in 2: retention needs none
     conn.close()
     # Reopening is a no-op migration; a newer file is refused, not damaged.
     conn = storage.open_db(path)
@@ -94,6 +95,23 @@ async def test_schema_migrations(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(storage.StorageError, match="newer"):
         storage.open_db(path)
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+    conn.execute(storage.MIGRATIONS[0])
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO trades VALUES ('binance', 'BTCUSDT', 1, 1, 2.0, 3.0, 'buy', '7')")
+    conn.close()
+    conn = storage.open_db(path)
+    assert storage.schema_version(conn) == storage.SCHEMA_VERSION == 2
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "trades_ts" not in names
+    assert "quotes_ts" not in names
+    assert conn.execute("SELECT trade_id FROM trades").fetchall() == [("7",)]
+    conn.close()
 
 
 async def test_idempotent_insert_counts_duplicates(tmp_path: Path) -> None:
@@ -348,6 +366,26 @@ async def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     assert count(path) == 1
     assert count(path, "quotes") == 0  # T0 is 2023: older than a day
     assert metric("mdd_sqlite_retention_deleted_total", table="trades") == before + 1
+    await sink.close()
+
+
+async def test_retention_sweeps_the_oldest_rows_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_sink, "RETENTION_CHUNK", 100)
+    sink = SqliteSink(tmp_path / "r.sqlite")  # no sweeps of its own: called below
+    await sink.open()
+    future = 10**19 // 5
+    # A row stamped in the future (a clock step) at the head does not hold the rest back.
+    head = TradeEvent("binance", "BTCUSDT", future, future, 1.0, 1.0, "buy", "future")
+    await sink.write([head, *_trades(0, 250)])
+    cutoff = T0 + 1000  # all 250 are older
+    # Each sweep: the oldest 100 rows in insertion order, less the young one.
+    assert sink.retain(cutoff) == 99
+    assert sink.retain(cutoff) == 99
+    assert sink.retain(cutoff) == 52
+    assert sink.retain(cutoff) == 0
+    assert count(sink.path) == 1
     await sink.close()
 
 
