@@ -368,7 +368,7 @@ async def _reader(
     # for failover, pass counts), then the bus: the "bus" stage is both.
     from .supervisor import FeedGate
 
-    publish = FeedGate(bus, "bench", active=True).publish
+    publish_many = FeedGate(bus, "bench", active=True).publish_many
     has_blocking = any(lane.policy == "block" for lane in bus.lanes)
     events = frames = parse_ns = bus_ns = 0
     run.first_ns = perf()
@@ -377,15 +377,15 @@ async def _reader(
             batch = await conn.get_messages()
             ts_recv = clock()  # once per batch, as the provider loop does
             # Clocks per batch, not per frame (three clock reads per frame cost
-            # ~0.3 µs, a cost the daemon does not have): parse the batch, then
-            # publish it.
+            # ~0.3 µs, a cost the daemon does not have): parse the batch into
+            # one list, then publish it in one call, as the provider loop does.
             t1 = perf()
-            parsed = [parse(raw, ts_recv) for raw in batch]
+            out: list[Any] = []
+            for raw in batch:
+                out += parse(raw, ts_recv)
             t2 = perf()
-            for items in parsed:
-                for item in items:
-                    publish(item)
-                events += len(items)
+            publish_many(out)
+            events += len(out)
             t3 = perf()
             parse_ns += t2 - t1
             bus_ns += t3 - t2

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import operator
 import sys
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -47,6 +48,8 @@ QUOTE_BOOK_DROP_AT: Final = 0.9
 
 #: Event types shed at the 90 % tier. Trades are only ever evicted at 100 %.
 _SHED_AT_90: Final = frozenset({"quote", "book"})
+
+_TYPE: Final = operator.attrgetter("type")
 
 
 @attrs.frozen
@@ -354,9 +357,29 @@ class Bus:
                 lane.offer(event, kind)
 
     def publish_many(self, events: list[Event]) -> None:
-        """Offer a list of events (one frame's worth) to every lane."""
-        for event in events:
-            self.publish(event)
+        """Offer a list of events (one socket read's worth) to every lane, in order.
+
+        The same as :meth:`publish` for each event, at a fraction of the cost:
+        a lane with room for the whole list takes it in one ``extend``.
+        """
+        if self.closed or not events:
+            return
+        self.offered.update(map(_TYPE, events))
+        n = len(events)
+        for queue, limit, lane in self._fast:
+            if len(queue) + n <= limit:
+                queue.extend(events)
+                if lane._receiver_waiting and len(queue) >= lane._wake_at:
+                    lane._wake()
+            else:
+                offer = lane.offer
+                for event in events:
+                    if len(queue) < limit:
+                        queue.append(event)
+                        if lane._receiver_waiting and len(queue) >= lane._wake_at:
+                            lane._wake()
+                    else:
+                        offer(event, event.type)
 
     @property
     def congested(self) -> bool:

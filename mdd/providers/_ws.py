@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config import ProviderConfig
+    from ..events import Event
     from ..health import ProviderHealth
     from ..supervisor import Backoff
     from ._parse import Parsed
@@ -601,7 +602,7 @@ class WsProvider:
         """The hot loop: receive, parse, publish; controls go to :meth:`on_control`."""
         conn = session.conn
         parse = self.parse_frame
-        publish = outlet.publish
+        publish_many = outlet.publish_many
         health = self.health
         current_time = trio.current_time
         tap = self.frame_tap
@@ -610,6 +611,9 @@ class WsProvider:
             session.last_rx = current_time()
             # One receive time per batch: the frames of one socket read arrived together.
             ts_recv = time.time_ns()
+            # The read's events are published in one call (a control in between
+            # first publishes what came before it, keeping wire order).
+            batch: list[Event] = []
             n = 0
             for raw in frames:
                 if tap is not None:
@@ -620,12 +624,20 @@ class WsProvider:
                     health.parse_errors += 1
                     self._bad("provider.parse_error provider=%s error=%s", self.name, exc)
                     continue
+                if Control not in map(type, items):
+                    batch += items  # type: ignore[arg-type]
+                    continue
                 for item in items:
                     if type(item) is Control:
+                        n += len(batch)
+                        publish_many(batch)
+                        batch = []
                         await self._control(session, item)
                     else:
-                        publish(item)  # type: ignore[arg-type]
-                        n += 1
+                        batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                n += len(batch)
+                publish_many(batch)
             if n:
                 health.mark_data(n)
                 if not session.flowed:

@@ -25,6 +25,9 @@ class Outlet(Protocol):
     def publish(self, event: Event) -> None:
         """Hand over one event; never blocks."""
 
+    def publish_many(self, events: list[Event]) -> None:
+        """Hand over events in order (one socket read's worth); never blocks."""
+
     @property
     def congested(self) -> bool:
         """True when a blocking sink wants the producer to wait."""

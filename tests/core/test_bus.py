@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdd.bus import Bus, SinkInbox
 from mdd.events import HeartbeatEvent, QuoteEvent, TradeEvent
@@ -232,3 +236,30 @@ def test_bad_lane_arguments() -> None:
     bus.add_sink("a", 1)
     with pytest.raises(ValueError, match="already"):
         bus.add_sink("a", 1)
+
+
+def _state(bus: Bus) -> list[tuple[object, ...]]:
+    return [(list(lane._queue), lane.stats()) for lane in bus.lanes]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from("tqh"), max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+)
+def test_publish_many_is_publish_for_each_event(kinds: list[str], cuts: list[int]) -> None:
+    make = {"t": trade, "q": quote, "h": heartbeat}
+    events = [make[k](i) for i, k in enumerate(kinds)]
+    one, many = Bus(), Bus()
+    for bus in (one, many):
+        bus.add_sink("tiered", 10)
+        bus.add_sink("block", 12, "block")
+        bus.add_sink("roomy", 1000)
+    for event in events:
+        one.publish(event)
+    bounds = sorted({0, len(events), *(c for c in cuts if c <= len(events))})
+    for start, end in itertools.pairwise(bounds):
+        many.publish_many(events[start:end])
+    assert _state(many) == _state(one)
+    assert many.published == one.published == len(events)
+    assert all(balanced(lane) for lane in many.lanes)

@@ -183,3 +183,38 @@ def test_venues() -> None:
     assert venue_of(cfg("a", "sim", 1)) == venue_of(cfg("b", "sim", 1))
     assert venue_of(cfg("a", "sim", 1)) != venue_of(cfg("b", "sim", 2))
     assert venue_of(cfg("a", "sim")) != venue_of(cfg("b", "sim"))
+
+
+async def test_gate_publish_many_matches_publish_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    quote = QuoteEvent("b", "AAA", None, 1, 1.0, 1.0, 2.0, 1.0)
+    reads = [[trade(1, "b"), quote, trade(2, "b")], [], [trade(3, "b")], [trade(4, "b"), quote]]
+    gates = []
+    for many in (False, True):
+        bus = Bus()
+        lane = bus.add_sink("probe", 1000)
+        gate = FeedGate(bus, "b", buffer_standby=True)
+        for active in (False, True):  # closed (held, standby), then open
+            gate.active = active
+            if active:  # just after a switch: the previous provider sent 2 and 3
+                gate.dedup.open([("AAA", "2"), ("AAA", "3")], trio.current_time() + 30)
+            for _ in range(2):  # the second round runs with no dedup window
+                for events in reads:
+                    if many:
+                        gate.publish_many(list(events))
+                    else:
+                        for event in events:
+                            gate.publish(event)
+                gate.dedup.expire(trio.current_time() + 60)
+        got = await lane.receive_batch(1000)
+        assert gate.standby is not None
+        standby = [e for _, e in gate.standby]
+        gates.append((got, gate.passed, gate.held, list(gate.recent), standby, gate.last))
+    assert gates[0] == gates[1]
+    got, passed, held, recent, standby, last = gates[1]
+    assert [getattr(e, "trade_id", "q") for e in got] == "1 q 4 q 1 q 2 3 4 q".split()
+    assert (passed, held) == (10, 12)
+    assert [e.trade_id for e in recent] == ["1", "4", "1", "2", "3", "4"]  # trades only
+    assert [e.trade_id for e in standby] == ["1", "2", "3", "4"] * 2
+    assert last == quote
