@@ -8,7 +8,9 @@ schema -- and prints each next to the figure DESIGN.md quotes, with the ratio
 (below 1: this machine is slower at that step). Steps that run mostly Python
 bytecode (``json.loads`` building a dict, the awaited channel) and steps that
 run mostly C (orjson, msgspec, SQLite) are summarized apart: a slow
-interpreter shows in the first group only.
+interpreter shows in the first group only. Last, it counts how often the
+machine takes the core away (gaps in a busy loop: steal time on a shared VM),
+which bounds any latency percentile measured here.
 
 Each step runs ``repeat`` times and the best run counts (the least disturbed
 by the rest of the machine).
@@ -162,6 +164,31 @@ def _best_rate(run: Callable[[int], None], items: int, repeat: int) -> float:
     return best
 
 
+def stalls(seconds: float, threshold: float = 0.0005) -> dict[str, float]:
+    """Gaps longer than ``threshold`` in a busy loop: time the machine took this core away.
+
+    On a shared VM (steal time) these stalls, not the code, can set a p99
+    latency: a receive -> publish figure cannot be steadier than this.
+    """
+    clock = time.perf_counter
+    gaps: list[float] = []
+    last = start = clock()
+    end = start + seconds
+    while last < end:
+        now = clock()
+        if now - last > threshold:
+            gaps.append(now - last)
+        last = now
+    wall = last - start
+    return {
+        "seconds": round(wall, 3),
+        "stalls_over_0_5ms": len(gaps),
+        "stalls_over_2ms": sum(g > 0.002 for g in gaps),
+        "max_ms": round(max(gaps, default=0.0) * 1e3, 3),
+        "stalled_pct": round(100 * sum(gaps) / wall, 3) if wall else 0.0,
+    }
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
 
@@ -198,6 +225,7 @@ def calibrate(scale: float = 1.0, repeat: int = 3) -> dict[str, Any]:
     return {
         "bench": "calibrate",
         "steps": steps,
+        "stalls": stalls(2.0 * scale),
         "ratio_python": round(_geomean(ratios["python"]), 3),
         "ratio_c": round(_geomean(ratios["c"]), 3),
         "ratio_all": round(_geomean(ratios["python"] + ratios["c"]), 3),
@@ -223,5 +251,11 @@ def format_calibration(report: dict[str, Any]) -> str:
         f"  geometric mean: python-bound {report['ratio_python']:.2f}, "
         f"C-bound {report['ratio_c']:.2f}, all {report['ratio_all']:.2f} "
         "(below 1: slower than DESIGN.md's machine)"
+    )
+    st = report["stalls"]
+    lines.append(
+        f"  stalls in a {st['seconds']:g} s busy loop: {st['stalls_over_0_5ms']} over 0.5 ms, "
+        f"{st['stalls_over_2ms']} over 2 ms, longest {st['max_ms']:.1f} ms "
+        f"({st['stalled_pct']:.2f} % of the time lost: tail latencies here include them)"
     )
     return "\n".join(lines)
