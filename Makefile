@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-all lint fmt lock soak bench clean
+.PHONY: demo test test-all lint fmt lock soak bench bench-cryptofeed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ soak: $(VENV)/.run-installed
 bench: $(VENV)/.run-installed
 	$(BIN)/mdd bench
 
+# The bar: cryptofeed (own venv, not a dependency of mdd) fed by mdd's load generator.
+CF_VENV := .venv-cryptofeed
+$(CF_VENV)/bin/python:
+	$(PYTHON) -m venv $(CF_VENV)
+	$(CF_VENV)/bin/pip install -q cryptofeed==2.4.1
+
+bench-cryptofeed: $(VENV)/.run-installed | $(CF_VENV)/bin/python
+	$(CF_VENV)/bin/python bench/cryptofeed_compare.py
+
 # Regenerate the pinned lock files from setup.cfg (needs the registry).
 lock: | $(BIN)/python
 	$(BIN)/pip install -q pip-tools
@@ -54,4 +63,4 @@ lock: | $(BIN)/python
 	$(BIN)/pip-compile -q --strip-extras --no-header --no-emit-index-url --no-emit-find-links --extra test -o requirements-test.lock setup.cfg
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CF_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
