@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
+from .bench_calibrate import cpu_times, steal_pct
 from .bus import Bus
 from .errors import MddError
 
@@ -491,6 +492,7 @@ async def _measure(
     run = _Run()
     rss0 = rss_kb()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    machine0 = cpu_times()
     timing_tasks = opts.rate <= 0  # see the module docstring
     if timing_tasks:
         trio.lowlevel.add_instrument(clock)
@@ -547,9 +549,11 @@ async def _measure(
         if timing_tasks:
             trio.lowlevel.remove_instrument(clock)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    return _report(
+    report = _report(
         opts, bus, run, clock, sink_tasks, timed, latencies, wall1 - wall0, cpu0, cpu1, rss0
     )
+    report["steal_pct"] = steal_pct(machine0, cpu_times())
+    return report
 
 
 async def _run_nats(t: TimedSink, inbox: SinkInbox, *, task_status: trio.TaskStatus[None]) -> None:
@@ -707,6 +711,11 @@ def format_report(r: dict[str, Any]) -> str:
                 f"  latency receive -> {name}: p50 {lat['p50']} ms, p99 {lat['p99']} ms,"
                 f" max {lat['max']} ms (n={lat['n']})"
             )
+    if r.get("steal_pct") is not None:
+        lines.append(
+            f"  steal {r['steal_pct']} % of the machine's CPU time during the run"
+            " (taken by the host: slower figures, longer latency tails)"
+        )
     rss = r["rss_kib"]
     lines.append(
         f"  rss start {rss['start'] // 1024} MiB, end {rss['end'] // 1024} MiB,"

@@ -164,6 +164,31 @@ def _best_rate(run: Callable[[int], None], items: int, repeat: int) -> float:
     return best
 
 
+def cpu_times(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) CPU time of the whole machine so far, in clock ticks; None off Linux.
+
+    Steal is time the hypervisor ran something else while this VM wanted the
+    CPU: a bench run with steal was slowed, and its latency tail lengthened,
+    by the host, not by mdd.
+    """
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all CPU time stolen by the host between two :func:`cpu_times` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 def stalls(seconds: float, threshold: float = 0.0005) -> dict[str, float]:
     """Gaps longer than ``threshold`` in a busy loop: time the machine took this core away.
 

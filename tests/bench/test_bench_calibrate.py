@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from mdd.bench_calibrate import STEPS, calibrate, format_calibration, stalls
+from mdd.bench_calibrate import (
+    STEPS,
+    calibrate,
+    cpu_times,
+    format_calibration,
+    stalls,
+    steal_pct,
+)
 
 
 def test_every_step_is_timed_and_compared_with_its_reference() -> None:
@@ -39,3 +48,19 @@ def test_stalls_are_the_gaps_of_a_busy_loop() -> None:
 def test_nonsense_arguments_are_refused(scale: float, repeat: int) -> None:
     with pytest.raises(ValueError, match="scale must be > 0"):
         calibrate(scale=scale, repeat=repeat)
+
+
+def test_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    before = cpu_times(str(stat))
+    assert before == (35, 1000)
+    stat.write_text("cpu  200 0 100 1500 10 0 5 185 0 0\n")
+    after = cpu_times(str(stat))
+    assert after == (185, 2000)
+    assert steal_pct(before, after) == 15.0  # 150 of 1000 ticks
+    assert steal_pct(after, before) is None  # no time passed forward
+    assert steal_pct(None, after) is None
+    assert cpu_times(str(tmp_path / "missing")) is None
+    stat.write_text("intr 1 2 3\n")
+    assert cpu_times(str(stat)) is None

@@ -96,6 +96,7 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     reports = json.loads(out.read_text())
     assert [r["transport"] for r in reports] == ["trio-websocket", "picows"]
     assert all(r["events"] == 300 for r in reports)
+    assert all(r["steal_pct"] is None or 0 <= r["steal_pct"] <= 100 for r in reports)
     assert "events/s end to end" in capsys.readouterr().out
 
 
