@@ -18,6 +18,7 @@ by the rest of the machine).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
@@ -133,7 +134,7 @@ def _sqlite(per_txn: int, directory: Path) -> Callable[[int], None]:
     from .sinks.sqlite import _INSERT_TRADE  # mdd's own statement and schema
     from .storage import open_db
 
-    runs = iter(range(1_000_000))
+    runs = itertools.count()
 
     def run(n: int) -> None:
         conn = open_db(directory / f"calibrate-{per_txn}-{next(runs)}.sqlite")

@@ -371,15 +371,9 @@ class Bus:
                 queue.extend(events)
                 if lane._receiver_waiting and len(queue) >= lane._wake_at:
                     lane._wake()
-            else:
-                offer = lane.offer
+            else:  # near a drop tier: the lane's own policy, event by event
                 for event in events:
-                    if len(queue) < limit:
-                        queue.append(event)
-                        if lane._receiver_waiting and len(queue) >= lane._wake_at:
-                            lane._wake()
-                    else:
-                        offer(event, event.type)
+                    lane.offer(event, event.type)
 
     @property
     def congested(self) -> bool:

@@ -41,6 +41,13 @@ def fill(bus: Bus, n: int) -> None:
         bus.publish(trade(i))
 
 
+async def trickle(bus: Bus, n: int, gap: float) -> None:
+    """Publish trades 0..n-1, one every ``gap`` seconds (mock-clock time)."""
+    for i in range(n):
+        bus.publish(trade(i))
+        await trio.sleep(gap)
+
+
 @pytest.mark.parametrize(("capacity", "hb_at", "qb_at"), [(10, 8, 9), (100, 80, 90), (7, 6, 7)])
 def test_tiers_at_exact_thresholds(capacity: int, hb_at: int, qb_at: int) -> None:
     bus = Bus()
@@ -166,13 +173,8 @@ async def test_receive_batch_waits_up_to_max_wait(autojump_clock: trio.testing.M
     bus = Bus()
     lane = bus.add_sink("s", 100)
 
-    async def trickle() -> None:
-        for i in range(5):
-            bus.publish(trade(i))
-            await trio.sleep(0.05)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trickle)
+        nursery.start_soon(trickle, bus, 5, 0.05)
         start = trio.current_time()
         batch = await lane.receive_batch(100, max_wait=0.12)
         assert len(batch) == 3  # t=0, 0.05, 0.10; the one at 0.15 is past the window
@@ -194,13 +196,8 @@ async def test_a_collecting_receiver_returns_once_its_batch_is_full(
 
     lane._wake = counted  # type: ignore[method-assign]
 
-    async def trickle() -> None:
-        for i in range(8):
-            bus.publish(trade(i))
-            await trio.sleep(0.01)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trickle)
+        nursery.start_soon(trickle, bus, 8, 0.01)
         start = trio.current_time()
         batch = await lane.receive_batch(5, max_wait=10.0)
         # Full at the fifth event (t=0.04), long before the window ends.
