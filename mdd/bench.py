@@ -782,6 +782,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="time DESIGN.md's reference steps here (how fast this machine is), ~5 s",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="the libraries' own cost per event here (receive, decode, encode, SQLite) "
+        "and what the throughput budgets leave for mdd's code, ~10 s",
+    )
     p.set_defaults(func=_cmd_bench)
 
 
@@ -803,6 +809,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             cal = calibrate()
             reports.append(cal)
             print(format_calibration(cal))
+        elif args.floor:
+            from .bench_floor import floor, format_floor
+
+            low = floor()
+            reports.append(low)
+            print(format_floor(low))
         elif args.book:
             from .books import bench_book
 
