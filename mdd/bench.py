@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,7 +52,7 @@ from .errors import MddError
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from .bus import SinkInbox
     from .events import Event
@@ -204,24 +205,35 @@ def rss_kb() -> int:
         return 0
 
 
+#: A venue's pure parse of one frame, ``parse(raw, ts_recv)``.
+FrameParser = Callable[[str | bytes, int], Any]
+#: A venue's parse of a socket read's frames at once; None: parse them one by one.
+BatchParser = Callable[[list[str | bytes], int], list[Any] | None]
+
+
 def parser_for(
     venue: str, symbols: Sequence[str] = ("BTCUSDT",)
-) -> Callable[[str | bytes, int], Any]:
-    """The venue's pure ``parse(raw, ts_recv)``, set up as the provider sets it up.
+) -> tuple[FrameParser, BatchParser | None]:
+    """The venue's pure parsers ``(per frame, per socket read)``, set up as the provider does.
 
     Binance: with the connection's :class:`~mdd.providers.binance.StreamDecoder`
-    for the blaster's trade streams, as ``BinanceProvider.parse_frame`` uses.
+    for the blaster's trade streams, as ``BinanceProvider.parse_frame`` and
+    ``parse_frames`` use. Bybit has no batch parser.
     """
     if venue == "binance":
-        from .providers.binance import StreamDecoder
+        from .providers.binance import MILLISECONDS, StreamDecoder
         from .providers.binance import parse as binance_parse
 
         decoder = StreamDecoder(f"{s.lower()}@trade" for s in symbols)
-        return functools.partial(binance_parse, decoder=decoder)
+
+        def many(frames: list[str | bytes], ts_recv: int) -> list[Any] | None:
+            return decoder.parse_many(frames, ts_recv, "binance", MILLISECONDS)
+
+        return functools.partial(binance_parse, decoder=decoder), many
     if venue == "bybit":
         from .providers.bybit import parse as bybit_parse
 
-        return bybit_parse
+        return bybit_parse, None
     raise BenchError(f"bench venue must be binance or bybit, got {venue!r}")
 
 
@@ -356,7 +368,7 @@ class _Run:
 
 async def _reader(
     conn: Connection,
-    parse: Callable[[str | bytes, int], Any],
+    parsers: tuple[FrameParser, BatchParser | None],
     bus: Bus,
     run: _Run,
     target: int | None,
@@ -371,6 +383,7 @@ async def _reader(
 
     publish_many = FeedGate(bus, "bench", active=True).publish_many
     has_blocking = any(lane.policy == "block" for lane in bus.lanes)
+    parse, parse_many = parsers
     events = frames = parse_ns = bus_ns = 0
     run.first_ns = perf()
     with trio.move_on_at(deadline):
@@ -381,9 +394,11 @@ async def _reader(
             # ~0.3 µs, a cost the daemon does not have): parse the batch into
             # one list, then publish it in one call, as the provider loop does.
             t1 = perf()
-            out: list[Any] = []
-            for raw in batch:
-                out += parse(raw, ts_recv)
+            out = parse_many(batch, ts_recv) if parse_many is not None else None
+            if out is None:  # not all taken at once: frame by frame, as the provider loop
+                out = []
+                for raw in batch:
+                    out += parse(raw, ts_recv)
             t2 = perf()
             publish_many(out)
             events += len(out)
@@ -431,7 +446,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
             raise BenchError(f"unknown sink {s!r} (choose from {', '.join(SINK_NAMES)})")
     if opts.transport not in TRANSPORTS:
         raise BenchError(f"unknown transport {opts.transport!r} ({', '.join(TRANSPORTS)})")
-    parse = parser_for(opts.venue, opts.symbols)
+    parsers = parser_for(opts.venue, opts.symbols)
     transport = make_bench_transport(opts.transport)
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if opts.data_dir is None:
@@ -456,8 +471,8 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
             # One asyncio loop for picows and the NATS client (else one each).
             async with trio_asyncio.open_loop():
-                return await _measure(opts, parse, transport, url, data_dir, nats_url)
-        return await _measure(opts, parse, transport, url, data_dir, nats_url)
+                return await _measure(opts, parsers, transport, url, data_dir, nats_url)
+        return await _measure(opts, parsers, transport, url, data_dir, nats_url)
     finally:
         if blaster is not None:
             blaster.stop()
@@ -469,7 +484,7 @@ async def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
 async def _measure(
     opts: BenchOptions,
-    parse: Callable[[str | bytes, int], Any],
+    parsers: tuple[FrameParser, BatchParser | None],
     transport: Transport,
     url: str,
     data_dir: Path,
@@ -529,7 +544,7 @@ async def _measure(
                         rn.start_soon(
                             _reader,
                             conn,
-                            parse,
+                            parsers,
                             bus,
                             run,
                             opts.events,

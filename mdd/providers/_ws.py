@@ -452,6 +452,19 @@ class WsProvider:
         """
         raise NotImplementedError
 
+    def parse_frames(
+        self, frames: list[str | bytes], ts_recv: int, session: Session
+    ) -> list[Event] | None:
+        """A socket read's events at once, or None: parse these frames one by one.
+
+        The fast path for a venue that can decode a batch in one call. It must
+        be pure and all or nothing: None for any frame it does not take in full
+        (a control, a malformed frame), and the loop then calls
+        :meth:`parse_frame` per frame, which reports the bad one. The default
+        takes nothing.
+        """
+        return None
+
     async def on_open(self, session: Session) -> None:
         """Called once the socket is open: send the subscription (or wait for a greeting)."""
 
@@ -602,6 +615,7 @@ class WsProvider:
         """The hot loop: receive, parse, publish; controls go to :meth:`on_control`."""
         conn = session.conn
         parse = self.parse_frame
+        parse_frames = self.parse_frames
         publish_many = outlet.publish_many
         health = self.health
         current_time = trio.current_time
@@ -611,13 +625,18 @@ class WsProvider:
             session.last_rx = current_time()
             # One receive time per batch: the frames of one socket read arrived together.
             ts_recv = time.time_ns()
+            if tap is not None:
+                for raw in frames:
+                    tap(self.name, session.plan.url, ts_recv, raw)
             # The read's events are published in one call (a control in between
             # first publishes what came before it, keeping wire order).
-            batch: list[Event] = []
+            batch = parse_frames(frames, ts_recv, session)
+            if batch is not None:
+                frames = []  # all taken at once
+            else:
+                batch = []
             n = 0
             for raw in frames:
-                if tap is not None:
-                    tap(self.name, session.plan.url, ts_recv, raw)
                 try:
                     items = parse(raw, ts_recv, session)
                 except ParseError as exc:

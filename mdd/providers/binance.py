@@ -27,13 +27,15 @@ import trio
 
 from ..books import BookKeeper, DepthSnapshotFetcher, feed_books, flush_forever
 from ..config import normalize_symbol
+from ..errors import ParseError
 from ..events import BookEvent, QuoteEvent, Side, TradeEvent
 from ._parse import PARSE_FAILURES, Control, bad_frame, levels
 from ._ws import Plan, Reconnect, WsProvider
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
+    from ..events import Event
     from ._parse import Parsed
     from ._ws import Session
     from .base import Outlet
@@ -155,21 +157,24 @@ class StreamDecoder:
 
     def __init__(self, streams: Iterable[str]) -> None:
         classes: list[type[msgspec.Struct]] = []
+        every: list[type[msgspec.Struct]] = []  # and the other streams, their payload raw
         for i, name in enumerate(dict.fromkeys(streams)):
             kind = name.rsplit("@", 1)[-1]
             if kind in ("trade", "aggTrade"):
-                payload: type[msgspec.Struct] = _WireTrade
+                payload: Any = _WireTrade
             elif kind == "bookTicker":
                 payload = _WireTicker
             else:
-                continue
-            classes.append(
-                msgspec.defstruct(
-                    f"_Frame{i}", [("data", payload)], tag_field="stream", tag=name, gc=False
-                )
+                payload = msgspec.Raw
+            frame = msgspec.defstruct(
+                f"_Frame{i}", [("data", payload)], tag_field="stream", tag=name, gc=False
             )
+            every.append(frame)
+            if payload is not msgspec.Raw:
+                classes.append(frame)
         self.streams = tuple(name for name in dict.fromkeys(streams))
         self._decoder = msgspec.json.Decoder(Union[tuple(classes)]) if classes else None  # noqa: UP007
+        self._many = msgspec.json.Decoder(list[Union[tuple(every)]]) if classes else None  # type: ignore[misc]  # noqa: UP007
 
     def parse(self, raw: str | bytes, ts_recv: int, provider: str, unit: int) -> Parsed | None:
         """The frame's events, or None: not a frame of these streams (or a check failed)."""
@@ -179,6 +184,73 @@ class StreamDecoder:
             return _from_wire(self._decoder.decode(raw).data, ts_recv, provider, unit)
         except _DECODE_FAILURES:
             return None
+
+    def parse_many(
+        self, frames: Sequence[str | bytes], ts_recv: int, provider: str, unit: int
+    ) -> list[Event] | None:
+        """The events of a socket read's frames in wire order, with one decode call for all.
+
+        The frames are joined into one JSON array and decoded at once (trades
+        and tickers typed, other streams' payloads left raw and given to the
+        general parser frame by frame). All or nothing: None when the batch
+        is not a clean run of these streams' frames -- a frame that is not
+        JSON or not one object of a known stream (an ack, garbage), a check
+        that fails, a frame the general parser refuses or answers with a
+        control. The caller then parses the frames one by one, which counts
+        and reports the bad one. Pure: no state changes, so that retry is safe.
+        """
+        many = self._many
+        if many is None or not frames:
+            return None
+        try:
+            if type(frames[0]) is str:  # a bytes frame among str ones: TypeError
+                wires = many.decode("[" + ",".join(frames) + "]")  # type: ignore[arg-type]
+            else:
+                wires = many.decode(b"[" + b",".join(frames) + b"]")  # type: ignore[arg-type]
+        except (*_DECODE_FAILURES, TypeError):
+            return None
+        if len(wires) != len(frames):
+            return None  # a frame held more than one value ("{..},{..}"): not a frame
+        out: list[Event] = []
+        append = out.append
+        trade = TradeEvent
+        for i, wire in enumerate(wires):
+            d = wire.data
+            if type(d) is _WireTrade:
+                try:
+                    price = float(d.p)
+                    qty = float(d.q)
+                except ValueError:
+                    return None
+                trade_id = d.t if d.e == "trade" else d.a
+                if not (0.0 < price < _INF and 0.0 <= qty < _INF) or trade_id is None or not d.s:
+                    return None
+                t = d.T if d.T is not None else d.E
+                append(
+                    trade(
+                        provider,
+                        d.s,
+                        None if t is None else t * unit,
+                        ts_recv,
+                        price,
+                        qty,
+                        "sell" if d.m else "buy",
+                        str(trade_id),
+                    )
+                )
+                continue
+            try:
+                items = (
+                    _from_wire(d, ts_recv, provider, unit)
+                    if type(d) is _WireTicker
+                    else parse(frames[i], ts_recv, provider, time_unit_ns=unit)
+                )
+            except (ParseError, ValueError):
+                return None
+            if items is None or Control in map(type, items):
+                return None
+            out += items  # type: ignore[arg-type]
+        return out
 
 
 def _time(msg: dict[str, Any], key: str, unit_ns: int) -> int | None:
@@ -433,15 +505,31 @@ class BinanceProvider(WsProvider):
 
     def parse_frame(self, raw: str | bytes, ts_recv: int, session: Session) -> Parsed:
         """Combined-stream frames name their stream; ms times. Depth goes through the books."""
-        decoder = self._decoders.get(session.plan)
-        if decoder is None:
-            decoder = self._decoders[session.plan] = StreamDecoder(session.plan.topics)
-        items = parse(raw, ts_recv, self.name, decoder=decoder)
+        items = parse(raw, ts_recv, self.name, decoder=self._decoder(session))
         if self.books is not None and self.snapshots is not None:
             items, actions = feed_books(self.books, items, trio.current_time())
             for symbol, _ in actions:
                 self.snapshots.request(symbol)
         return items
+
+    def _decoder(self, session: Session) -> StreamDecoder:
+        """The connection's decoder (one per plan: its streams are the union's tags)."""
+        decoder = self._decoders.get(session.plan)
+        if decoder is None:
+            decoder = self._decoders[session.plan] = StreamDecoder(session.plan.topics)
+        return decoder
+
+    def parse_frames(
+        self, frames: list[str | bytes], ts_recv: int, session: Session
+    ) -> list[Event] | None:
+        """A socket read's frames decoded in one call (:meth:`StreamDecoder.parse_many`)."""
+        events = self._decoder(session).parse_many(frames, ts_recv, self.name, MILLISECONDS)
+        if events is None or self.books is None or self.snapshots is None:
+            return events
+        events, actions = feed_books(self.books, events, trio.current_time())
+        for symbol, _ in actions:
+            self.snapshots.request(symbol)
+        return events
 
     async def on_open(self, session: Session) -> None:
         """Combined streams in the URL are subscribed by connecting."""

@@ -250,3 +250,94 @@ def test_stream_decoder_leaves_other_streams_to_the_general_parser() -> None:
     assert isinstance(event, TradeEvent)
     assert event.side == "buy"
     assert StreamDecoder(["btcusdt@depth"]).parse(other, RECV, "bn", 1) is None
+
+
+# A socket read parsed at once (StreamDecoder.parse_many) must give exactly the
+# events of parsing its frames one by one, or None (then the loop does that).
+BATCH_DECODER = StreamDecoder(
+    ["btcusdt@trade", "ethusdt@aggTrade", "bnbusdt@bookTicker", "btcusdt@depth@100ms"]
+)
+_GOOD = st.sampled_from(
+    [
+        FRAMES["trade_buyer_maker"],
+        FRAMES["trade_taker_buy"],
+        '{"stream":"ethusdt@aggTrade","data":{"e":"aggTrade","E":5,"s":"ETHUSDT","a":7,'
+        '"p":"2.5","q":"1","f":1,"l":2,"T":4,"m":false,"M":true}}',
+        '{"stream":"bnbusdt@bookTicker","data":{"u":1,"s":"BNBUSDT","b":"1.5","B":"2",'
+        '"a":"1.6","A":"3"}}',
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+        '"U":1,"u":2,"b":[["1.0","2"]],"a":[]}}',
+    ]
+)
+_ODD = st.sampled_from(
+    [
+        FRAMES["trade_json_numbers"],  # refused by the typed decoder: not a clean batch
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1}}',  # bad depth
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"avgPrice","s":"BTCUSDT"}}',  # a control
+        '{"stream":"xrpusdt@trade","data":{}}',  # a stream the connection does not have
+        '{"result":null,"id":1}',  # an ack: a control
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,'
+        '"p":"0","q":"1","T":1,"m":true,"M":true}}',  # zero price: refused
+        FRAMES["trade_buyer_maker"] + "," + FRAMES["trade_taker_buy"],  # two values
+        "not json",
+        "",
+        "]",
+        "[",
+        "1",
+    ]
+)
+# Mostly good frames, so that many batches are clean and taken at once.
+_batch_frames = st.one_of(_GOOD, _GOOD, _GOOD, _GOOD, _ODD, st.text(max_size=20))
+
+
+def _one_by_one(frames: list[str]) -> object:
+    out: list[object] = []
+    for raw in frames:
+        got = outcome(lambda raw=raw: parse(raw, RECV, "bn", decoder=BATCH_DECODER))
+        if got is ParseError or any(isinstance(x, Control) for x in got):  # type: ignore[attr-defined]
+            return None  # the loop must handle this frame on its own
+        out += got  # type: ignore[arg-type]
+    return out
+
+
+@given(frames=st.lists(_batch_frames, min_size=1, max_size=8), as_bytes=st.booleans())
+def test_a_batch_gives_the_events_of_its_frames_one_by_one_or_nothing(
+    frames: list[str], as_bytes: bool
+) -> None:
+    batch: list[str | bytes] = [f.encode() for f in frames] if as_bytes else list(frames)
+    got = BATCH_DECODER.parse_many(batch, RECV, "bn", 1_000_000)
+    if got is not None:
+        assert got == _one_by_one(frames)
+
+
+def test_a_clean_batch_is_taken_at_once_in_wire_order() -> None:
+    frames = [
+        FRAMES["trade_buyer_maker"],
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+        '"U":1,"u":2,"b":[["1.0","2"]],"a":[]}}',
+        '{"stream":"bnbusdt@bookTicker","data":{"u":1,"s":"BNBUSDT","b":"1.5","B":"2",'
+        '"a":"1.6","A":"3"}}',
+        FRAMES["trade_taker_buy"],
+    ]
+    got = BATCH_DECODER.parse_many(frames, RECV, "bn", 1_000_000)
+    assert got is not None
+    assert [type(e) for e in got] == [TradeEvent, BookEvent, QuoteEvent, TradeEvent]
+    assert got == _one_by_one(frames)
+    # bytes frames too; a str and a bytes frame in one read are not joined
+    assert BATCH_DECODER.parse_many([f.encode() for f in frames], RECV, "bn", 1_000_000) == got
+    assert BATCH_DECODER.parse_many([frames[0], frames[3].encode()], RECV, "bn", 1) is None
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        FRAMES["trade_json_numbers"],
+        '{"result":null,"id":1}',
+        "not json",
+        FRAMES["trade_buyer_maker"] + "," + FRAMES["trade_taker_buy"],  # two values in one frame
+    ],
+)
+def test_a_batch_with_an_odd_frame_is_left_to_the_frame_by_frame_path(odd: str) -> None:
+    frames = [FRAMES["trade_buyer_maker"], odd, FRAMES["trade_taker_buy"]]
+    assert BATCH_DECODER.parse_many(frames, RECV, "bn", 1_000_000) is None
+    assert StreamDecoder([]).parse_many([FRAMES["trade_buyer_maker"]], RECV, "bn", 1) is None
