@@ -9,9 +9,10 @@ and with no mdd code per event around it:
 * the typed JSON decode of a Binance combined-stream trade frame (msgspec);
 * the two ``float()`` calls that turn the wire's decimal strings into numbers;
 * the JSON encode of the normalized event, twice (the JSONL line, the NATS payload);
-* the SQLite engine inserting trade rows into mdd's schema (``INSERT OR IGNORE
-  ... SELECT`` from a staging table: SQLite's own per-row cost, no Python
-  binding per row), 1000 rows per transaction into a table of realistic size.
+* a trade row into mdd's schema by apsw's ``executemany`` over ready tuples,
+  1000 rows per transaction into a table of realistic size, and, shown as its
+  part, the SQLite engine alone (``INSERT OR IGNORE ... SELECT`` from a staging
+  table: no Python binding per row).
 
 Summed, they are the floor per event for "all sinks" and for "metrics only";
 the report puts each next to the issue #9 budget and prints how much per event
@@ -72,6 +73,7 @@ class FloorStep:
     what: str
     per_event: int
     #: Part of the "metrics only" floor (receive and parse), not only "all sinks".
+    #: (``per_event`` 0: a part of the step above, shown, not added.)
     metrics_only: bool
 
 
@@ -80,7 +82,8 @@ STEPS: Final = (
     FloorStep("decode", "msgspec typed decode, combined-stream trade", 1, True),
     FloorStep("floats", "float() of the price and size strings", 1, True),
     FloorStep("encode", "JSON encode of the event (JSONL and NATS)", 2, False),
-    FloorStep("sqlite", "SQLite engine, one row into mdd's schema", 1, False),
+    FloorStep("sqlite", "SQLite row into mdd's schema, apsw executemany", 1, False),
+    FloorStep("sqlite_engine", "  of which SQLite's engine (INSERT ... SELECT)", 0, False),
 )
 
 
@@ -125,45 +128,55 @@ def encode_ns(n: int, repeat: int) -> float:
     return _best_ns(lambda: dumps(event), n, repeat)
 
 
-def sqlite_ns(rows: int, directory: Path, batch: int = 1000) -> float:
-    """ns per trade row the SQLite engine alone takes in mdd's schema.
+def sqlite_ns(rows: int, directory: Path, batch: int = 1000) -> tuple[float, float]:
+    """ns per trade row into mdd's schema: ``(through apsw, the engine alone)``.
 
-    The rows are staged in a temporary table first (untimed); the timed part
-    is ``INSERT OR IGNORE INTO trades ... SELECT`` of ``batch`` rows per
-    transaction: the table, its unique key and its ``(symbol, ts_recv)`` index
-    updated by SQLite with no Python per row. Raises RuntimeError if a row is missing.
+    Through apsw: mdd's own insert statement by ``executemany`` over ready
+    row tuples, ``batch`` rows per transaction (the least a Python program
+    pays: apsw binds eight values per row). The engine alone: the same rows
+    staged in a temporary table first (untimed), then ``INSERT OR IGNORE ...
+    SELECT`` of ``batch`` rows per transaction, the table, its unique key and
+    its ``(symbol, ts_recv)`` index updated with no Python per row. Each into
+    its own new file in ``directory``. Raises RuntimeError if a row is missing.
     """
+    from .sinks.sqlite import _INSERT_TRADE
     from .storage import open_db
 
-    conn = open_db(directory / "floor.sqlite")
-    try:
-        conn.execute(
-            "CREATE TEMP TABLE stage AS SELECT provider, symbol, ts_exchange, ts_recv,"
-            " price, qty, side, trade_id FROM trades WHERE 0"
-        )
-        base = 1_700_000_000_000_000_000
-        staged = [
-            ("binance", "BTCUSDT" if i % 2 else "ETHUSDT", base + i * 1000, base + i * 1000 + 500,
-             50_000.0 + i % 100, 0.001, "buy" if i % 3 else "sell", str(3_000_000_000 + i))
-            for i in range(rows)
-        ]  # fmt: skip
-        with conn:
-            conn.executemany("INSERT INTO stage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", staged)
-        insert = (
-            "INSERT OR IGNORE INTO trades(provider, symbol, ts_exchange, ts_recv, price, qty,"
-            " side, trade_id) SELECT * FROM stage WHERE rowid > ? AND rowid <= ?"
-        )
-        t0 = time.perf_counter_ns()
-        for start in range(0, rows, batch):
-            with conn:
-                conn.execute(insert, (start, start + batch))
-        elapsed = time.perf_counter_ns() - t0
-        count = conn.execute("SELECT count(*) FROM trades").get
-        if count != rows:
-            raise RuntimeError(f"floor inserted {count} rows, expected {rows}")
-    finally:
-        conn.close()
-    return elapsed / rows
+    base = 1_700_000_000_000_000_000
+    staged = [
+        ("binance", "BTCUSDT" if i % 2 else "ETHUSDT", base + i * 1000, base + i * 1000 + 500,
+         50_000.0 + i % 100, 0.001, "buy" if i % 3 else "sell", str(3_000_000_000 + i))
+        for i in range(rows)
+    ]  # fmt: skip
+    select = (
+        "INSERT OR IGNORE INTO trades(provider, symbol, ts_exchange, ts_recv, price, qty,"
+        " side, trade_id) SELECT * FROM stage WHERE rowid > ? AND rowid <= ?"
+    )
+    result = []
+    for name in ("apsw", "engine"):
+        conn = open_db(directory / f"floor-{name}.sqlite")
+        try:
+            if name == "engine":
+                conn.execute(
+                    "CREATE TEMP TABLE stage AS SELECT provider, symbol, ts_exchange, ts_recv,"
+                    " price, qty, side, trade_id FROM trades WHERE 0"
+                )
+                with conn:
+                    conn.executemany("INSERT INTO stage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", staged)
+            t0 = time.perf_counter_ns()
+            for start in range(0, rows, batch):
+                with conn:
+                    if name == "engine":
+                        conn.execute(select, (start, start + batch))
+                    else:
+                        conn.executemany(_INSERT_TRADE, staged[start : start + batch])
+            result.append((time.perf_counter_ns() - t0) / rows)
+            count = conn.execute("SELECT count(*) FROM trades").get
+            if count != rows:
+                raise RuntimeError(f"floor inserted {count} rows ({name}), expected {rows}")
+        finally:
+            conn.close()
+    return result[0], result[1]
 
 
 async def receive_ns(seconds: float, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> float:
@@ -199,16 +212,18 @@ def floor(scale: float = 1.0, repeat: int = 3) -> dict[str, Any]:
         raise ValueError("scale must be > 0 and repeat >= 1")
     n = max(100, int(200_000 * scale))
     rows = max(1000, int(200_000 * scale))
-    sqlite = math.inf
+    sqlite = engine = math.inf
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="mdd-floor-") as tmp:
-            sqlite = min(sqlite, sqlite_ns(rows, Path(tmp)))
+            through_apsw, alone = sqlite_ns(rows, Path(tmp))
+        sqlite, engine = min(sqlite, through_apsw), min(engine, alone)
     ns = {
         "receive": trio.run(receive_ns, max(0.2, 3.0 * scale)),
         "decode": decode_ns(n, repeat),
         "floats": floats_ns(n, repeat),
         "encode": encode_ns(n, repeat),
         "sqlite": sqlite,
+        "sqlite_engine": engine,
     }
     steps = {
         s.name: {"what": s.what, "ns": round(ns[s.name]), "per_event": s.per_event} for s in STEPS

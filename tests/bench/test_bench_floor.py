@@ -29,21 +29,24 @@ def test_every_step_is_measured_and_summed_per_budget() -> None:
     budgets = report["budgets"]
     assert budgets["metrics_only"]["floor_ns"] < budgets["all_sinks"]["floor_ns"]
     text = format_floor(report)
-    assert "SQLite engine, one row into mdd's schema" in text
+    assert "SQLite row into mdd's schema, apsw executemany" in text
+    assert steps["sqlite_engine"]["per_event"] == 0  # shown as a part, not added
     assert "JSON encode of the event (JSONL and NATS) x2" in text
     assert "all sinks: floor" in text
     assert "metrics only: floor" in text
 
 
 def test_the_sqlite_floor_inserts_every_row_into_mdds_schema(tmp_path: Path) -> None:
-    assert sqlite_ns(2500, tmp_path) > 0
-    conn = open_db(tmp_path / "floor.sqlite")
-    try:
-        assert conn.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchall() == [
-            (2500, 2)
-        ]
-    finally:
-        conn.close()
+    through_apsw, engine = sqlite_ns(2500, tmp_path)
+    assert through_apsw > 0
+    assert engine > 0
+    for name in ("apsw", "engine"):
+        conn = open_db(tmp_path / f"floor-{name}.sqlite")
+        try:
+            got = conn.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchall()
+            assert got == [(2500, 2)]
+        finally:
+            conn.close()
 
 
 def test_the_verdict_says_whether_the_budget_is_above_or_below_the_floor() -> None:
