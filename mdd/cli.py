@@ -28,6 +28,8 @@ LOGGER = logging.getLogger("mdd.cli")
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+#: Ctrl-C on a foreground command (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED: Final = 130
 
 #: Modules adding subcommands (each has ``add_parser(subparsers)``).
 COMMANDS: list[str] = [
@@ -222,13 +224,14 @@ def run_daemon(cfg: Config) -> int:
 
 
 def _startup_refusals(exc: BaseException) -> list[BaseException]:
-    """The errors inside ``exc`` when every one is an :class:`MddError`, else []."""
+    """The errors inside ``exc`` when every one is an :class:`MddError` or an
+    ``OSError`` (a port in use, a missing file), else [] (a bug: keep the trace)."""
     from .errors import MddError
 
     if isinstance(exc, BaseExceptionGroup):
         leaves = [leaf for sub in exc.exceptions for leaf in _startup_refusals(sub)]
         return leaves if len(leaves) == _count_leaves(exc) else []
-    return [exc] if isinstance(exc, MddError) else []
+    return [exc] if isinstance(exc, (MddError, OSError)) else []
 
 
 def _count_leaves(exc: BaseException) -> int:
@@ -255,7 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mdd`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        # Ctrl-C on a foreground command (replay, bench, sim): stop quietly.
+        print("mdd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        refused = _startup_refusals(exc)
+        if not refused:
+            raise
+        # An expected failure (bad capture file, port in use, another mdd
+        # running): one line each, no traceback.
+        for error in refused:
+            print(f"mdd: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

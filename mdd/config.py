@@ -620,6 +620,10 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(source, "-", f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            source, "-", f"not UTF-8 text (byte {exc.start}): TOML files must be UTF-8"
+        ) from None
 
 
 def load_config(

@@ -179,3 +179,51 @@ def test_run_all_takes_the_configured_providers(tmp_path: Path) -> None:
         ["run", "--provider", "bybit", "--symbols", "X", "--url", "ws://127.0.0.1:1/v5"]
     )
     assert run_config(args).providers["bybit"].url == "ws://127.0.0.1:1/v5"
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"# caf\xe9\n[http]\nport = 9\n")
+    r = run("check-config", str(bad))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert f"{bad}: -: not UTF-8 text (byte 5)" in r.stderr
+
+
+def test_expected_failures_of_a_command_are_one_line_not_a_traceback(tmp_path: Path) -> None:
+    r = run("sim", "--replay", str(tmp_path / "missing.jsonl.gz"))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "cannot read capture" in r.stderr
+    with __import__("socket").socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run("sim", "--venue", "binance", "--port", str(port))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "Address already in use" in r.stderr
+
+
+def test_ctrl_c_on_a_foreground_command_exits_130_quietly(tmp_path: Path) -> None:
+    from mdd.events import TradeEvent, dumps_lines
+
+    start = 1_700_000_000_000_000_000
+    events = [
+        TradeEvent("bn", "BTCUSDT", None, start + i * 60_000_000_000, 1.0, 1.0, "buy", str(i))
+        for i in range(3)
+    ]  # a minute apart: at --speed 1 the replay waits between them
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(dumps_lines(events))
+    proc = subprocess.Popen(
+        [*MDD, "replay", str(source), "--speed", "1", "--sqlite", str(tmp_path / "r.sqlite")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # a subprocess: real time is the only clock it has
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert "mdd: interrupted" in err
