@@ -92,7 +92,16 @@ class NatsServer:
             args += ["-js", "-sd", str(self.workdir / "js")]
         args += self.extra_args
         log = open(self.workdir / "nats-server.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        # Its own process group: Ctrl-C in a terminal signals the foreground
+        # group, and the server must outlive it until mdd has flushed to it
+        # and stops it (it died first, and the demo's shutdown failed).
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

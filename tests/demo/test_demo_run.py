@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_cli_demo_ctrl_c_stops_gracefully_and_exits_zero(tmp_path: Path) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its own process group, as a shell gives a job
     )
     try:
         assert proc.stdout is not None
@@ -86,7 +88,9 @@ def test_cli_demo_ctrl_c_stops_gracefully_and_exits_zero(tmp_path: Path) -> None
             lines.append(line)
             if line.startswith("t=3s"):
                 break
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal signals the whole foreground group: the embedded
+        # nats-server must not die before the daemon has flushed to it.
+        os.killpg(proc.pid, signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
