@@ -214,12 +214,12 @@ async def serve_connection(ctx: ControlContext, stream: trio.SocketStream) -> No
         async with stream:
             while True:
                 newline = buffer.find(b"\n")
+                if newline > MAX_LINE or (newline < 0 and len(buffer) > MAX_LINE):
+                    await _reply(
+                        stream, {"ok": False, "error": f"request line over {MAX_LINE} bytes"}
+                    )
+                    return
                 if newline < 0:
-                    if len(buffer) > MAX_LINE:
-                        await _reply(
-                            stream, {"ok": False, "error": f"request line over {MAX_LINE} bytes"}
-                        )
-                        return
                     with trio.move_on_after(IDLE_TIMEOUT) as idle:
                         data = await stream.receive_some(65536)
                     if idle.cancelled_caught or not data:

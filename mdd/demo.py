@@ -259,9 +259,7 @@ class DemoView:
                     )
             if self.consumer.recent_signals:
                 sig = self.consumer.recent_signals[-1]
-                out.append(
-                    f"signal   {sig.get('side')} {sig.get('symbol')} ({sig.get('reason', '')})"
-                )
+                out.append(f"signal   {sig.get('side')} {sig.get('symbol')}")
         return out
 
     async def draw_forever(self) -> None:
@@ -373,7 +371,7 @@ async def run_demo(opts: DemoOptions, *, handle_signals: bool = True) -> DemoRes
             view.say(
                 f"try: curl http://127.0.0.1:{http_port}/health | "
                 f"mdd-ctl --socket {data_dir / 'mdd.sock'} status | "
-                f"curl http://127.0.0.1:{consumer_port}/features/latest"
+                f"curl 'http://127.0.0.1:{consumer_port}/features/latest?symbol=BTCUSDT'"
             )
             root.start_soon(view.draw_forever)
             if opts.faults:
@@ -422,7 +420,7 @@ def where_the_data_is(r: DemoResult) -> str:
             f"  JSONL    {r.jsonl_path}   (head -3 {r.jsonl_path})",
             f"  HTTP     {r.http_url}/health  {r.http_url}/bus-stats  {r.http_url}/metrics"
             "  (while running)",
-            f"  consumer {r.consumer_url}/features/latest  (while running)",
+            f"  consumer {r.consumer_url}/features/latest?symbol=BTCUSDT  (while running)",
             f"  control  mdd-ctl --socket {r.control_socket} status  (while running)",
             f"  events published {r.published}, seen by the consumer via NATS {r.nats_messages},"
             f" signals {r.signals}, failover switches: {', '.join(r.switches) or 'none'}",

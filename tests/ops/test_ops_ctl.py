@@ -207,6 +207,13 @@ async def test_malformed_requests_get_errors_and_the_daemon_carries_on(tmp_path:
                 while await stream.receive_some(100):
                     pass
 
+        # A whole line over the limit in one write (newline included) is refused too.
+        stream = await trio.open_unix_socket(str(ops.control_path))
+        async with stream:
+            pad = b"x" * (MAX_LINE + 10)
+            reply = await _exchange(stream, b'{"cmd":"ping","pad":"' + pad + b'"}\n')
+            assert reply == {"ok": False, "error": f"request line over {MAX_LINE} bytes"}
+
         assert not daemon.stopping
         code, out, _ = await ctl_main("--socket", str(ops.control_path), "status", "--json")
         assert code == 0
