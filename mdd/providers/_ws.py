@@ -36,6 +36,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ..errors import AuthError, ParseError, ProviderError
 from ..events import SYSTEM_SYMBOL, StatusEvent, now_ns
+from ..redact import redact_text, redact_url
 from ._parse import Control, SampledLog
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ class TrioWebsocketTransport:
         """
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConnectFailed(f"not a ws:// or wss:// URL: {url!r}")
+            raise ConnectFailed(f"not a ws:// or wss:// URL: {redact_url(url)!r}")
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
         host = parts.hostname
@@ -342,6 +343,12 @@ class Plan:
     url: str
     symbols: tuple[str, ...]
     topics: tuple[str, ...] = ()
+    #: :attr:`url` without user and password: what logs, events and errors show.
+    safe_url: str = attrs.field(init=False, eq=False)
+
+    @safe_url.default
+    def _safe_url(self) -> str:
+        return redact_url(self.url)
 
 
 class Session:
@@ -495,7 +502,7 @@ class WsProvider:
         LOGGER.info(
             "provider.subscribed provider=%s url=%s symbols=%d",
             self.name,
-            session.plan.url,
+            session.plan.safe_url,
             len(session.plan.symbols),
         )
         self.status(session.plan, "subscribed", f"{len(session.plan.topics)} topics")
@@ -553,7 +560,7 @@ class WsProvider:
             session, error = await self._session(plan, outlet)
             healthy = session is not None and session.subscribed and session.flowed
             lived = 0.0 if session is None else trio.current_time() - session.opened
-            reason = str(error) if error is not None else "closed"
+            reason = redact_text(str(error)) if error is not None else "closed"
             if healthy:
                 backoff.reset()
             if isinstance(error, Reconnect) and healthy and lived >= MIN_HEALTHY_SESSION:
@@ -566,7 +573,7 @@ class WsProvider:
             LOGGER.warning(
                 "provider.reconnect provider=%s url=%s reason=%r delay=%.2f",
                 self.name,
-                plan.url,
+                plan.safe_url,
                 reason,
                 delay,
             )
@@ -586,8 +593,8 @@ class WsProvider:
                 try:
                     self._connected.add(key)
                     self.health.connected = len(self._connected) >= self._n_plans
-                    LOGGER.info("provider.connected provider=%s url=%s", self.name, plan.url)
-                    self.status(plan, "connected", plan.url)
+                    LOGGER.info("provider.connected provider=%s url=%s", self.name, plan.safe_url)
+                    self.status(plan, "connected", plan.safe_url)
                     nursery.start_soon(self._watchdog, session)
                     if self.keepalive_interval is not None:
                         nursery.start_soon(self._keepalive, session, self.keepalive_interval)
@@ -604,7 +611,7 @@ class WsProvider:
                     self.health.connected = False
                     self.health.subscribed = False
                     if was_connected:
-                        self.status(plan, "disconnected", plan.url)
+                        self.status(plan, "disconnected", plan.safe_url)
             except ProviderError as exc:
                 error = exc
             finally:
@@ -627,7 +634,7 @@ class WsProvider:
             ts_recv = time.time_ns()
             if tap is not None:
                 for raw in frames:
-                    tap(self.name, session.plan.url, ts_recv, raw)
+                    tap(self.name, session.plan.safe_url, ts_recv, raw)
             # The read's events are published in one call (a control in between
             # first publishes what came before it, keeping wire order).
             batch = parse_frames(frames, ts_recv, session)

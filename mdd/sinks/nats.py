@@ -43,7 +43,6 @@ import itertools
 import logging
 import operator
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
@@ -55,6 +54,7 @@ from nats.aio.client import Client as NatsClient
 from ..errors import SinkError
 from ..events import dumps, dumps_lines
 from ..metrics import NATS_CONNECTED, NATS_OUTAGES, NATS_PUBLISHED
+from ..redact import redact_url as redact
 from .base import SinkHealth, run_sink
 
 if TYPE_CHECKING:
@@ -178,19 +178,6 @@ class JetStreamTimeout(SinkError):
 def server_list(url: str) -> list[str]:
     """The servers of ``url``: one URL or a comma-separated list (a cluster's seed servers)."""
     return [u.strip() for u in url.split(",") if u.strip()]
-
-
-def redact(url: str) -> str:
-    """``url`` (or a comma-separated list of URLs) without user and password, for logs."""
-    if "," in url:
-        return ",".join(redact(u) for u in server_list(url))
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 #: The nats-py client internals :meth:`NatsSink._publish_core` relies on
