@@ -817,6 +817,10 @@ def _sinks_arg(text: str) -> tuple[str, ...]:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
+    if args.json and args.json != "-" and not Path(args.json).parent.is_dir():
+        # Refused before the run, not after minutes of benchmarking.
+        print(f"mdd bench: --json {args.json}: no such directory", file=sys.stderr)
+        return 2
     try:
         if args.calibrate:
             from .bench_calibrate import calibrate, format_calibration

@@ -47,6 +47,17 @@ class DaemonUnreachable(ControlError):
         super().__init__(f"no mdd daemon at {path}: {why}")
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def request(path: str | Path, payload: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Any:
     """Send one request and return the daemon's ``result``.
 
@@ -259,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", "-c", metavar="FILE", help="read the socket path from this config"
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a reply"
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, help="seconds to wait for a reply"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = sub.add_parser("status", help="uptime, feeds, providers, bus, sinks, events/s")

@@ -135,7 +135,16 @@ def test_daemon_refuses_bad_config_before_start(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["--bogus"], ["run"], ["run", "--provider", "sim"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--bogus"],
+        ["run"],
+        ["run", "--provider", "sim"],
+        ["bench", "--sinks", "none", "--json", "/nonexistent-dir/report.json"],  # before the run
+    ],
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 2

@@ -154,6 +154,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     err = io.StringIO()
     assert ctl.main(["--config", str(bad), "status"], stdout=io.StringIO(), stderr=err) == 2
     assert "invalid config" in err.getvalue()
+    for timeout in ("-1", "0", "soon"):
+        args = ["--socket", str(tmp_path / "none.sock"), "--timeout", timeout, "status"]
+        assert ctl.main(args, stdout=io.StringIO(), stderr=io.StringIO()) == 2
 
 
 async def _exchange(stream: trio.SocketStream, line: bytes) -> dict[str, object]:
