@@ -21,6 +21,7 @@ import trio
 from .. import __version__
 from ..errors import ConfigError
 from ..logs import setup_logging
+from ..redact import redact_url
 from .config import ConsumerConfig, load_consumer_config
 
 LOGGER = logging.getLogger("mdd.consumer.cli")
@@ -78,7 +79,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"mdd-consumer: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
-        f"{args.file}: valid (nats {config.nats.url} subject {config.nats.subject} "
+        f"{args.file}: valid (nats {redact_url(config.nats.url)} subject {config.nats.subject} "
         f"queue group {config.nats.queue_group or '-'}; http "
         f"{config.http.host}:{config.http.port})"
     )
@@ -104,7 +105,7 @@ def run_consumer(config: ConsumerConfig) -> int:
     LOGGER.info(
         "consumer.starting name=%s nats=%s subject=%s",
         config.consumer.name,
-        config.nats.url,
+        redact_url(config.nats.url),
         config.nats.subject,
     )
     try:

@@ -37,6 +37,7 @@ import trio_asyncio
 
 from ..errors import EventDecodeError
 from ..events import QuoteEvent, TradeEvent, event_to_dict, loads
+from ..redact import redact_url
 from ..supervisor import Backoff
 from .alerts import AlertEngine
 from .features import compute_features
@@ -237,7 +238,7 @@ class ConsumerService:
                 "delivered": inbox.delivered,
             },
             "nats": {
-                "url": self.config.nats.url,
+                "url": redact_url(self.config.nats.url),
                 "connected": self.nats.connected,
                 "reconnects": self.nats.reconnects,
                 "subject": self.config.nats.subject,

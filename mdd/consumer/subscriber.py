@@ -31,6 +31,7 @@ from trio_asyncio import aio_as_trio
 
 from ..bus import HEARTBEAT_DROP_AT, QUOTE_BOOK_DROP_AT
 from ..errors import MddError
+from ..redact import redact_text, redact_url
 from ..sinks.nats import server_list
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ class NatsUnavailableError(MddError):
     """The NATS server could not be reached (connect failed)."""
 
     def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        super().__init__(f"cannot connect to NATS at {url}: {reason}")
+        self.url = redact_url(url)
+        super().__init__(f"cannot connect to NATS at {self.url}: {redact_text(reason)}")
 
 
 def subject_type(subject: str) -> str:
@@ -195,6 +196,8 @@ class NatsSubscriber:
         name: str = "mdd-consumer",
     ) -> None:
         self.config = config
+        #: ``config.url`` without user and password: what logs and errors show.
+        self.safe_url = redact_url(config.url)
         self.inbox = inbox
         self.metrics = metrics
         self.name = name
@@ -211,14 +214,14 @@ class NatsSubscriber:
     async def _on_disconnected(self) -> None:
         self.connected = False
         self.metrics.nats_connected.set(0)
-        LOGGER.warning("nats.disconnected url=%s", self.config.url)
+        LOGGER.warning("nats.disconnected url=%s", self.safe_url)
 
     async def _on_reconnected(self) -> None:
         self.connected = True
         self.reconnects += 1
         self.metrics.nats_connected.set(1)
         self.metrics.nats_reconnects.inc()
-        LOGGER.info("nats.reconnected url=%s", self.config.url)
+        LOGGER.info("nats.reconnected url=%s", self.safe_url)
 
     async def _on_closed(self) -> None:
         self.connected = False
@@ -258,7 +261,7 @@ class NatsSubscriber:
         self._nc = nc
         self.connected = True
         self.metrics.nats_connected.set(1)
-        LOGGER.info("nats.connected url=%s", self.config.url)
+        LOGGER.info("nats.connected url=%s", self.safe_url)
 
     async def subscribe(self) -> None:
         """Subscribe ``subject`` in the queue group (or as a JetStream durable)."""
@@ -337,4 +340,4 @@ class NatsSubscriber:
                 await aio_as_trio(nc.close)()
         self.connected = False
         self.metrics.nats_connected.set(0)
-        LOGGER.info("nats.closed url=%s", self.config.url)
+        LOGGER.info("nats.closed url=%s", self.safe_url)
