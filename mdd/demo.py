@@ -370,7 +370,7 @@ async def run_demo(opts: DemoOptions, *, handle_signals: bool = True) -> DemoRes
             view.say("consumer up: features and signals from NATS md.events.>")
             view.say(
                 f"try: curl http://127.0.0.1:{http_port}/health | "
-                f"mdd-ctl --socket {data_dir / 'mdd.sock'} status | "
+                f"{_ctl()} --socket {data_dir / 'mdd.sock'} status | "
                 f"curl 'http://127.0.0.1:{consumer_port}/features/latest?symbol=BTCUSDT'"
             )
             root.start_soon(view.draw_forever)
@@ -421,7 +421,7 @@ def where_the_data_is(r: DemoResult) -> str:
             f"  HTTP     {r.http_url}/health  {r.http_url}/bus-stats  {r.http_url}/metrics"
             "  (while running)",
             f"  consumer {r.consumer_url}/features/latest?symbol=BTCUSDT  (while running)",
-            f"  control  mdd-ctl --socket {r.control_socket} status  (while running)",
+            f"  control  {_ctl()} --socket {r.control_socket} status  (while running)",
             f"  events published {r.published}, seen by the consumer via NATS {r.nats_messages},"
             f" signals {r.signals}, failover switches: {', '.join(r.switches) or 'none'}",
         ]
@@ -488,3 +488,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(where_the_data_is(result))
     print(f"  ran {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def _ctl() -> str:
+    """How to call mdd-ctl from a shell: the script next to this Python if the
+    venv is not on PATH (``make demo`` does not activate it)."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mdd-ctl"
+    if beside.exists() and shutil.which("mdd-ctl") != str(beside):
+        return str(beside)
+    return "mdd-ctl"
