@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels", default="trade,quote", help="trade,quote,book (default trade,quote)"
     )
     run.add_argument("--url", default=None, help="provider endpoint (e.g. the simulator's)")
+    run.add_argument(
+        "--rest-url",
+        default=None,
+        help="Binance REST base for order-book snapshots (with --url at a simulator: "
+        "its http:// address; default the venue's)",
+    )
     run.add_argument("--config", "-c", metavar="FILE", help="optional base config")
     _add_run_options(run)
     run.set_defaults(func=_cmd_run)
@@ -145,11 +151,20 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def adhoc_document(
-    providers: list[str], symbols: list[str], channels: list[str], url: str | None
+    providers: list[str],
+    symbols: list[str],
+    channels: list[str],
+    url: str | None,
+    rest_url: str | None = None,
 ) -> dict[str, Any]:
     """The config document ``mdd run`` builds: one feed per provider, default sinks."""
+    endpoints: dict[str, str] = {}
+    if url:
+        endpoints["url"] = url
+    if rest_url:
+        endpoints["rest_url"] = rest_url
     doc: dict[str, Any] = {
-        "providers": {p: ({"url": url} if url else {}) for p in providers},
+        "providers": {p: dict(endpoints) for p in providers},
         "feeds": [
             {"name": p, "symbols": symbols, "providers": [p], "channels": channels}
             for p in providers
@@ -173,11 +188,11 @@ def run_config(args: argparse.Namespace) -> Config:
     if names == ["all"]:
         # Every provider the config file defines, else every venue mdd knows.
         names = list(configured) or [k for k in PROVIDER_KINDS if k != "sim"]
-    base = adhoc_document(names, symbols, channels, args.url)
+    base = adhoc_document(names, symbols, channels, args.url, args.rest_url)
     if args.config:
         providers = dict(configured)
         for name in names:
-            if name not in providers or args.url:
+            if name not in providers or args.url or args.rest_url:
                 providers[name] = {**providers.get(name, {}), **base["providers"][name]}
         base = {
             **file_doc,
