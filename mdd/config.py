@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from .errors import ConfigError
+from .redact import redact_text
 
 if typing.TYPE_CHECKING:
     from collections.abc import Mapping
@@ -285,7 +286,9 @@ class ConfigOrigins:
         return self.by_key.get(key, self.source)
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.of(key), key, problem)
+        # ``problem`` may echo the offending value (``got [...]``): a URL in it
+        # keeps its host but loses its user and password.
+        return ConfigError(self.of(key), key, redact_text(problem))
 
 
 def _describe(tp: Any) -> str:
@@ -587,9 +590,13 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str], origins: ConfigOrigi
     if "USE_JETSTREAM" in env:
         js = _truthy("USE_JETSTREAM", env["USE_JETSTREAM"])
         _set(data, ["sinks", "nats", "jetstream"], js, origins, "environment USE_JETSTREAM")
-    alpaca = [n for n, p in data.get("providers", {}).items() if p.get("kind", n) == "alpaca"] or [
-        "alpaca"
-    ]
+    providers = data.get("providers")
+    # (a malformed [providers] is reported by the build, not crashed on here)
+    alpaca = [
+        n
+        for n, p in (providers.items() if isinstance(providers, dict) else ())
+        if isinstance(p, dict) and p.get("kind", n) == "alpaca"
+    ] or ["alpaca"]
     for name in alpaca:
         for var, key in (("ALPACA_KEY", "key"), ("ALPACA_SECRET", "secret")):
             if env.get(var):
