@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rest-url",
         default=None,
         help="Binance REST base for order-book snapshots (with --url at a simulator: "
-        "its http:// address; default the venue's)",
+        "the 'rest' URL mdd sim prints; default the venue's)",
     )
     run.add_argument("--config", "-c", metavar="FILE", help="optional base config")
     _add_run_options(run)

@@ -243,8 +243,8 @@ def test_run_rest_url_sends_book_snapshots_to_the_simulator() -> None:
 
     args = build_parser().parse_args(
         ["run", "--provider", "binance", "--symbols", "BTCUSDT", "--channels", "trade,book"]
-        + ["--url", "ws://127.0.0.1:19100", "--rest-url", "http://127.0.0.1:19100"]
+        + ["--url", "ws://127.0.0.1:19100", "--rest-url", "http://127.0.0.1:19101"]
     )
     cfg = run_config(args)
     assert cfg.providers["binance"].url == "ws://127.0.0.1:19100"
-    assert cfg.providers["binance"].rest_url == "http://127.0.0.1:19100"
+    assert cfg.providers["binance"].rest_url == "http://127.0.0.1:19101"
