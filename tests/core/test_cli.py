@@ -241,10 +241,9 @@ def test_ctrl_c_on_a_foreground_command_exits_130_quietly(tmp_path: Path) -> Non
 def test_run_rest_url_sends_book_snapshots_to_the_simulator() -> None:
     from mdd.cli import build_parser, run_config
 
-    args = build_parser().parse_args(
-        ["run", "--provider", "binance", "--symbols", "BTCUSDT", "--channels", "trade,book"]
-        + ["--url", "ws://127.0.0.1:19100", "--rest-url", "http://127.0.0.1:19101"]
-    )
+    argv = ["run", "--provider", "binance", "--symbols", "BTCUSDT", "--channels", "trade,book"]
+    argv += ["--url", "ws://127.0.0.1:19100", "--rest-url", "http://127.0.0.1:19101"]
+    args = build_parser().parse_args(argv)
     cfg = run_config(args)
     assert cfg.providers["binance"].url == "ws://127.0.0.1:19100"
     assert cfg.providers["binance"].rest_url == "http://127.0.0.1:19101"
