@@ -34,6 +34,7 @@ import trio
 from .errors import MddError
 from .events import BookEvent, Event, Level, QuoteEvent, StatusEvent, now_ns
 from .metrics import GAPS
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -880,16 +881,18 @@ class DepthSnapshotFetcher:
 
         await self._budget(depth_weight(self.limit))
         url = f"{self.rest_url}/api/v3/depth"
+        shown = redact_url(url)  # errors are logged: no credentials in them
         try:
             response = await client.get(
                 url, params={"symbol": symbol, "limit": str(self.limit)}, timeout=self.timeout
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise SnapshotError(f"{symbol}: GET {url} failed: {type(exc).__name__}") from None
+            raise SnapshotError(f"{symbol}: GET {shown} failed: {type(exc).__name__}") from None
         if response.status_code != 200:
             retry = response.headers.get("retry-after")
             raise SnapshotError(
-                f"{symbol}: GET {url} answered HTTP {response.status_code}: {response.text[:200]}",
+                f"{symbol}: GET {shown} answered HTTP {response.status_code}: "
+                f"{response.text[:200]}",
                 retry_after=float(retry) if retry and retry.isdigit() else None,
             )
         try:

@@ -160,3 +160,19 @@ async def test_unreachable_or_invalid_rest_url_is_retried_not_raised(
                 nursery.cancel_scope.cancel()
         assert fetcher.fetched == 0
         assert not keeper.book("BTCUSDT").synced
+
+
+async def test_snapshot_errors_never_show_credentials_of_the_rest_url(
+    autojump_clock: trio.testing.MockClock, caplog
+):
+    keeper = BookKeeper("bnc-cred", "binance", registry=BookRegistry())
+    fetcher = DepthSnapshotFetcher(keeper, "http://user:RESTSECRET9@127.0.0.1:1")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(fetcher.run, [].append))
+            fetcher.request("BTCUSDT")
+            await until(lambda: fetcher.failures >= 1)
+            nursery.cancel_scope.cancel()
+    assert "book.snapshot_failed" in caplog.text
+    assert "RESTSECRET9" not in caplog.text
+    assert "127.0.0.1:1/api/v3/depth" in caplog.text
