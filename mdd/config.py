@@ -387,7 +387,7 @@ def build_attrs(
                 raise
             # A secret (repr=False): say what is wrong without echoing the value.
             raise origins.error(
-                dotted, f"got a {type(value).__name__} (value hidden), expected a string"
+                dotted, f"got {_kind_of(value)} (value hidden), expected a string"
             ) from None
     missing = [
         name
@@ -609,6 +609,20 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str], origins: ConfigOrigi
             continue
         path = [p.lower() for p in name[4:].split("__")]
         _set(data, path, _env_value(raw), origins, f"environment {name}")
+
+
+_KINDS: Final[dict[type, str]] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def _kind_of(value: object) -> str:
+    """``an integer``, ``a list``...: what a TOML value is, in words, without the value."""
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:

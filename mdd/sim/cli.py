@@ -6,6 +6,7 @@ prints the URLs to put in a provider config, and applies the fault flags.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -19,14 +20,34 @@ from ..logs import setup_logging
 from . import VENUES, Faults, SimOptions, serve_sims
 
 if TYPE_CHECKING:
-    import argparse
-
     from ._server import SimServer
 
 LOGGER = logging.getLogger("mdd.sim.cli")
 
 #: Default first port (venues after the first take the next ports).
 DEFAULT_PORT: Final = 9100
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (the OS would wrap a larger one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0..65535, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """argparse type: steps per second, 0 (as fast as possible) or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: max), got {text}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,9 +60,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--venue", choices=[*VENUES, "all"], default="all")
     p.add_argument("--host", default="127.0.0.1", help="interface (default loopback)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="first port (0: free ports)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="first port (0: free ports)")
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
-    p.add_argument("--rate", type=float, default=10.0, help="steps/s per symbol (0: max)")
+    p.add_argument("--rate", type=_rate, default=10.0, help="steps/s per symbol (0: max)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--trades-per-frame", type=int, default=1)
     p.add_argument("--max-lifetime", type=float, default=None, help="binance: cut after S s")

@@ -143,6 +143,8 @@ def test_daemon_refuses_bad_config_before_start(tmp_path: Path) -> None:
         ["run"],
         ["run", "--provider", "sim"],
         ["bench", "--sinks", "none", "--json", "/nonexistent-dir/report.json"],  # before the run
+        ["sim", "--port", "99999"],  # would wrap around to another port
+        ["sim", "--rate", "-5"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:

@@ -309,3 +309,16 @@ def test_nats_ack_timeout_reaches_the_sink(tmp_path: Path) -> None:
     section = cfg.sinks.enabled()["nats"]
     assert section.ack_timeout == 1.5
     assert SINK_FACTORIES["nats"](cfg, section).ack_timeout == 1.5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("5", "an integer"), ("[1]", "a list"), ("true", "a boolean")]
+)
+def test_a_secret_of_the_wrong_type_is_named_by_kind_not_value(
+    tmp_path: Path, value: str, kind: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"[providers.alpaca]\nsecret = {value}\n")
+    assert f"providers.alpaca.secret: got {kind} (value hidden), expected a string" in str(
+        info.value
+    )
