@@ -795,13 +795,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="time DESIGN.md's reference steps here (how fast this machine is), ~5 s",
+        help="time DESIGN.md's reference steps here (how fast this machine is), ~8 s",
     )
     p.add_argument(
         "--floor",
         action="store_true",
         help="the libraries' own cost per event here (receive, decode, encode, SQLite) "
-        "and what the throughput budgets leave for mdd's code, ~10 s",
+        "and what the throughput budgets leave for mdd's code, ~8 s",
     )
     p.set_defaults(func=_cmd_bench)
 

@@ -41,7 +41,9 @@ TRADE: Final = (
 )
 
 
-class _Trade(msgspec.Struct, gc=False):
+class TradePayload(msgspec.Struct, gc=False):
+    """A Binance trade payload, typed (what the decode steps build)."""
+
     e: str
     E: int
     s: str
@@ -223,7 +225,7 @@ def calibrate(scale: float = 1.0, repeat: int = 3) -> dict[str, Any]:
     """Time every :data:`STEPS` entry here; the report ``mdd bench --calibrate`` prints."""
     if scale <= 0 or repeat < 1:
         raise ValueError("scale must be > 0 and repeat >= 1")
-    decoder = msgspec.json.Decoder(_Trade)
+    decoder = msgspec.json.Decoder(TradePayload)
     with tempfile.TemporaryDirectory(prefix="mdd-calibrate-") as tmp:
         runners: dict[str, Callable[[int], None]] = {
             "json_loads": _loads(json.loads),

@@ -17,10 +17,11 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
+
+from .redact import REDACTED, redact_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -53,13 +54,6 @@ def serving(provider: dict[str, Any], stale_after: float) -> bool:
         and age is not None
         and age < stale_after
     )
-
-
-#: ``scheme://user:password@host`` -> ``scheme://***@host``.
-_URL_USERINFO: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-#: Replacement text for a secret.
-REDACTED: Final = "***"
 
 
 class RateMeter:
@@ -121,7 +115,7 @@ def redact(value: Any, secrets: Iterable[str]) -> Any:
             for secret in secrets:
                 if secret in obj:
                     obj = obj.replace(secret, REDACTED)
-            return _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", obj)
+            return redact_text(obj)
         if isinstance(obj, dict):
             return {k: scrub(v) for k, v in obj.items()}
         if isinstance(obj, list | tuple):

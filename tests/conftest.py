@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,27 @@ def nats_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Na
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback TCP port something already listens on (for "port in use" paths)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """Put the root logger back after a test that runs a CLI (the CLI configures it)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture

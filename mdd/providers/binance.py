@@ -217,6 +217,8 @@ class StreamDecoder:
         for i, wire in enumerate(wires):
             d = wire.data
             if type(d) is _WireTrade:
+                # _from_wire's trade branch, inlined (no call and no list per
+                # trade); the batch/frame agreement test holds the two together.
                 try:
                     price = float(d.p)
                     qty = float(d.q)

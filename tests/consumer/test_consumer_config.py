@@ -98,25 +98,13 @@ def test_cli_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "window.seconds" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("restore_root_logging")
 def test_cli_run_fails_with_exit_1_when_port_is_taken(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], taken_port: int
 ) -> None:
-    import logging
-    import socket
-
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)  # the CLI configures the root logger
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        conf = write(tmp_path, f"[http]\nport = {port}\n[nats]\nurl = 'nats://127.0.0.1:1'\n")
-        try:
-            assert main(["--config", str(conf)]) == 1
-        finally:
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
+    port = taken_port
+    conf = write(tmp_path, f"[http]\nport = {port}\n[nats]\nurl = 'nats://127.0.0.1:1'\n")
+    assert main(["--config", str(conf)]) == 1
     err = capsys.readouterr().err
     assert "consumer.failed" in err
     assert f"HttpBindError: cannot listen on 127.0.0.1:{port}" in err

@@ -47,23 +47,13 @@ def test_check_config_hides_nats_env_password(
     assert PASSWORD not in out.out + out.err
 
 
+@pytest.mark.usefixtures("restore_root_logging")
 def test_cli_run_log_hides_nats_password(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], taken_port: int
 ) -> None:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)  # the CLI configures the root logger
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        conf = tmp_path / "c.toml"
-        conf.write_text(f"[http]\nport = {port}\n")
-        try:
-            argv = ["--config", str(conf), "--nats-url", _url(_closed_port())]
-            assert main(argv) == 1
-        finally:
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
+    conf = tmp_path / "c.toml"
+    conf.write_text(f"[http]\nport = {taken_port}\n")
+    assert main(["--config", str(conf), "--nats-url", _url(_closed_port())]) == 1
     err = capsys.readouterr().err
     assert "consumer.starting" in err
     assert "nats=nats://***@127.0.0.1:" in err
